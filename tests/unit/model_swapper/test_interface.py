@@ -1,0 +1,130 @@
+"""ModelSwapperInterface against an in-memory stand-in of the MessageBus contract."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from htmengine.config import Config
+from htmengine.exceptions import MessageQueueNotFound, ModelNotFound
+from htmengine.model_swapper.model_swapper_interface import (
+    ModelCommand,
+    ModelInferenceResult,
+    ModelInputRow,
+    ModelSwapperInterface,
+    decode_request_message,
+    encode_request_message,
+)
+
+
+@dataclass
+class FakeMessage:
+    body: bytes
+    acked: bool = False
+    nacked: list = field(default_factory=list)
+    redelivered: bool = False
+    headers: dict = field(default_factory=dict)
+
+    def ack(self) -> None:
+        self.acked = True
+
+    def nack(self, requeue: bool = True) -> None:
+        self.nacked.append(requeue)
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.queues: dict[str, list[FakeMessage]] = {}
+        self.published: list[tuple[str, bytes, bool]] = []
+
+    def declare_queue(self, name: str, durable: bool = True, passive: bool = False) -> int:
+        if passive and name not in self.queues:
+            raise MessageQueueNotFound(name)
+        self.queues.setdefault(name, [])
+        return len(self.queues[name])
+
+    def purge_queue(self, name: str) -> int:
+        if name not in self.queues:
+            raise MessageQueueNotFound(name)
+        count = len(self.queues[name])
+        self.queues[name].clear()
+        return count
+
+    def delete_queue(self, name: str) -> None:
+        self.queues.pop(name, None)
+
+    def publish(self, queue: str, body: bytes, *, persistent: bool = True, headers=None) -> None:
+        if queue not in self.queues:
+            raise MessageQueueNotFound(queue)
+        self.published.append((queue, body, persistent))
+        self.queues[queue].append(FakeMessage(body))
+
+    def get(self, queue: str) -> FakeMessage | None:
+        return self.queues[queue].pop(0) if self.queues[queue] else None
+
+
+@pytest.fixture
+def swapper(tmp_path) -> ModelSwapperInterface:
+    (tmp_path / "model-swapper.conf").write_text(
+        "[interface_bus]\nresults_queue = app.results\n"
+        "model_input_queue_prefix = app.input.\nscheduler_notification_queue = app.notify\n"
+    )
+    return ModelSwapperInterface(bus=FakeBus(), config=Config("model-swapper.conf", str(tmp_path)))
+
+
+def test_define_model_declares_queue_submits_command_and_notifies(swapper) -> None:
+    swapper.initSchedulerNotification()
+    batch_id = swapper.defineModel("m1", {"modelConfig": {}}, "cmd")
+    queue, body, persistent = swapper.bus.published[0]
+    assert (queue, persistent) == ("app.input.m1", True)
+    assert decode_request_message(body) == (
+        batch_id,
+        (ModelCommand("cmd", "defineModel", {"modelConfig": {}}),),
+    )
+    assert swapper.bus.published[1] == ("app.notify", json.dumps("m1").encode(), False)
+
+
+def test_submit_requests_to_missing_queue_raises_model_not_found(swapper) -> None:
+    with pytest.raises(ModelNotFound):
+        swapper.submitRequests("nope", [ModelInputRow(1, [1.0])])
+
+
+def test_submit_requests_without_scheduler_queue_still_succeeds(swapper) -> None:
+    swapper.bus.declare_queue("app.input.m1")
+    swapper.submitRequests("m1", [ModelInputRow(1, [1.0])])
+    assert swapper.modelInputPending("m1")
+    assert not swapper.modelInputPending("other")
+
+
+def test_delete_model_purges_then_submits_and_is_idempotent(swapper) -> None:
+    swapper.bus.declare_queue("app.input.m1")
+    swapper.submitRequests("m1", [ModelInputRow(1, [1.0])])
+    swapper.deleteModel("m1", "del")
+    (message,) = swapper.bus.queues["app.input.m1"]
+    assert decode_request_message(message.body)[1] == (ModelCommand("del", "deleteModel"),)
+    swapper.cleanUpAfterModelDeletion("m1")
+    swapper.deleteModel("m1", "del")  # queue gone: no error
+
+
+def test_results_queue_is_declared_on_first_submit(swapper) -> None:
+    swapper.submitResults("m1", [ModelInferenceResult(1, 0, 0.5)])
+    assert len(swapper.bus.queues["app.results"]) == 1
+
+
+def test_non_blocking_request_consumer_drains_and_rejects_garbage(swapper) -> None:
+    bus = swapper.bus
+    bus.declare_queue("app.input.m1")
+    bus.queues["app.input.m1"].append(FakeMessage(b"garbage without header"))
+    bus.queues["app.input.m1"].append(
+        FakeMessage(encode_request_message("b2", [ModelInputRow(5, [2.0])]))
+    )
+    garbage = bus.queues["app.input.m1"][0]
+    with swapper.consumeRequests("m1", blocking=False) as consumer:
+        batches = list(consumer)
+    assert [b.batchID for b in batches] == ["b2"]
+    assert garbage.nacked == [False]
+    batches[0].ack()
+    with pytest.raises(ModelNotFound):
+        swapper.consumeRequests("missing", blocking=False)
