@@ -1,0 +1,288 @@
+"""Graphite "plaintext" protocol: the line grammar, its validation, and batching of good lines.
+
+Pure logic shared by the listener (bytes off the wire) and the storer (text lines out of JSON
+messages), so both sides accept and reject exactly the same lines.
+
+A line is ``<name> <value> <timestamp>`` separated by whitespace:
+
+* name: printable, non-space characters, at most 255 bytes of UTF-8 (it is copied into VARCHAR(255)
+  columns);
+* value: a finite float;
+* timestamp: Unix epoch seconds from 1970-01-01 up to (not including) 2100-01-01; fractions are
+  allowed and dropped (rows keep whole seconds, so the timestamp is floored).
+
+Blank lines are ignored (they are neither samples nor errors).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+MAX_NAME_BYTES = 255
+# 2100-01-01T00:00:00Z: the first timestamp no longer accepted.
+MAX_TIMESTAMP = 4102444800
+DEFAULT_MAX_LINE_BYTES = 16384
+LINE_TOO_LONG = "line too long"
+
+# Printable ASCII except space: a name made only of these needs no further check.
+_PRINTABLE_ASCII = bytes(range(0x21, 0x7F))
+
+
+class LineError(ValueError):
+    """A line that breaks the grammar; `reason` is a short stable label (used as a log key)."""
+
+    def __init__(self, reason: str, line: bytes | str) -> None:
+        super().__init__(f"{reason}: {line[:200]!r}")
+        self.reason = reason
+        self.line = line
+
+
+def _check_name_bytes(name: bytes) -> str | None:
+    """The reason a wire name is invalid, or None."""
+    if len(name) > MAX_NAME_BYTES:
+        return "name longer than 255 bytes"
+    if not name.translate(None, _PRINTABLE_ASCII):
+        return None
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return "name is not UTF-8"
+    if not text.isprintable():
+        return "name has non-printable characters"
+    return None
+
+
+def _check_name_text(name: str) -> str | None:
+    """The reason a text name is invalid, or None."""
+    if not name.isprintable():
+        return "name has non-printable characters"
+    if len(name) > MAX_NAME_BYTES or (not name.isascii() and len(name.encode()) > MAX_NAME_BYTES):
+        return "name longer than 255 bytes"
+    return None
+
+
+def _parse_value(token: bytes | str) -> float | None:
+    try:
+        value = float(token)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _parse_timestamp(token: bytes | str) -> int | None:
+    """Whole epoch seconds (floored), or None when not a number in 1970..2099."""
+    if token.isdigit() and token.isascii():
+        seconds = int(token)
+    else:
+        try:
+            number = float(token)
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            return None
+        seconds = math.floor(number)
+    if 0 <= seconds < MAX_TIMESTAMP:
+        return seconds
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One parsed line: metric name, value, whole epoch seconds (UTC)."""
+
+    name: str
+    value: float
+    timestamp: int
+
+
+def parse_line(line: bytes | str) -> Sample | None:
+    """Parse one line; None for a blank line; LineError when the line breaks the grammar."""
+    fields = line.split()
+    if not fields:
+        return None
+    if len(fields) != 3:
+        raise LineError("expected 3 fields", line)
+    name, value_token, ts_token = fields
+    if isinstance(name, bytes):
+        reason = _check_name_bytes(name)
+        text_name = name.decode("utf-8") if reason is None else ""
+    else:
+        reason = _check_name_text(name)
+        text_name = name
+    if reason is not None:
+        raise LineError(reason, line)
+    value = _parse_value(value_token)
+    if value is None:
+        raise LineError("value is not a finite number", line)
+    timestamp = _parse_timestamp(ts_token)
+    if timestamp is None:
+        raise LineError("timestamp is not epoch seconds in 1970..2099", line)
+    return Sample(text_name, value, timestamp)
+
+
+@dataclass(slots=True)
+class ParsedLines:
+    """Result of parsing many lines: the good ones, and how many (with one example) were bad."""
+
+    good: list = field(default_factory=list)
+    bad_by_reason: dict[str, int] = field(default_factory=dict)
+    bad_example: LineError | None = None
+
+    @property
+    def bad_count(self) -> int:
+        return sum(self.bad_by_reason.values())
+
+    def reject(self, reason: str, line: bytes | str) -> None:
+        self.bad_by_reason[reason] = self.bad_by_reason.get(reason, 0) + 1
+        if self.bad_example is None:
+            self.bad_example = LineError(reason, line)
+
+
+def normalize_lines(
+    lines: Iterable[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> ParsedLines:
+    """Validate wire lines; `good` holds them normalised as ``name value seconds`` (bytes).
+
+    The listener's hot loop: per line one split, one float, one int, no objects beyond the
+    output line. The value token is kept as sent (it is a valid float literal); a fractional or
+    non-canonical timestamp is replaced by its whole seconds.
+    """
+    result = ParsedLines()
+    good = result.good
+    append = good.append
+    isfinite = math.isfinite
+    for line in lines:
+        if len(line) > max_line_bytes:
+            result.reject(LINE_TOO_LONG, line)
+            continue
+        fields = line.split()
+        if len(fields) != 3:
+            if fields:
+                result.reject("expected 3 fields", line)
+            continue
+        name, value_token, ts_token = fields
+        if len(name) > MAX_NAME_BYTES or name.translate(None, _PRINTABLE_ASCII):
+            reason = _check_name_bytes(name)
+            if reason is not None:
+                result.reject(reason, line)
+                continue
+        try:
+            value = float(value_token)
+        except ValueError:
+            value = math.nan
+        if not isfinite(value):
+            result.reject("value is not a finite number", line)
+            continue
+        if ts_token.isdigit():
+            seconds = int(ts_token)
+            if seconds >= MAX_TIMESTAMP:
+                result.reject("timestamp is not epoch seconds in 1970..2099", line)
+                continue
+            if len(line) == len(name) + len(value_token) + len(ts_token) + 2:
+                append(line)
+                continue
+        else:
+            seconds = _parse_timestamp(ts_token)
+            if seconds is None:
+                result.reject("timestamp is not epoch seconds in 1970..2099", line)
+                continue
+            ts_token = b"%d" % seconds
+        append(b"%s %s %s" % (name, value_token, ts_token))
+    return result
+
+
+def parse_samples(lines: Iterable[str]) -> ParsedLines:
+    """Parse text lines (the storer's input); `good` holds ``(name, value, seconds)`` tuples.
+
+    Anything that is not a str counts as a bad line.
+    """
+    result = ParsedLines()
+    append = result.good.append
+    isfinite = math.isfinite
+    for line in lines:
+        if not isinstance(line, str):
+            result.reject("line is not a string", repr(line))
+            continue
+        fields = line.split()
+        if len(fields) != 3:
+            if fields:
+                result.reject("expected 3 fields", line)
+            continue
+        name, value_token, ts_token = fields
+        if not (len(name) <= MAX_NAME_BYTES and name.isascii() and name.isprintable()):
+            reason = _check_name_text(name)
+            if reason is not None:
+                result.reject(reason, line)
+                continue
+        try:
+            value = float(value_token)
+        except ValueError:
+            value = math.nan
+        if not isfinite(value):
+            result.reject("value is not a finite number", line)
+            continue
+        seconds = _parse_timestamp(ts_token)
+        if seconds is None:
+            result.reject("timestamp is not epoch seconds in 1970..2099", line)
+            continue
+        append((name, value, seconds))
+    return result
+
+
+class LineBatcher:
+    """Groups good lines into batches of at most `max_lines`, none older than `max_delay` seconds.
+
+    Pure bookkeeping: the caller passes the clock and arms a timer for `deadline`.
+    """
+
+    def __init__(self, max_lines: int, max_delay: float) -> None:
+        if max_lines < 1:
+            raise ValueError(f"max_lines must be >= 1, got {max_lines}")
+        if max_delay < 0:
+            raise ValueError(f"max_delay must be >= 0, got {max_delay}")
+        self.max_lines = max_lines
+        self.max_delay = max_delay
+        self._pending: list = []
+        self._first_added: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def deadline(self) -> float | None:
+        """When the pending lines must be flushed (None when nothing is pending)."""
+        if self._first_added is None:
+            return None
+        return self._first_added + self.max_delay
+
+    def add(self, lines: list, now: float) -> list[list]:
+        """Queue `lines`; return the batches that are full (and due, when the deadline passed)."""
+        if not lines:
+            return self.take_due(now)
+        if self._first_added is None:
+            self._first_added = now
+        pending = self._pending
+        pending.extend(lines)
+        batches = []
+        size = self.max_lines
+        if len(pending) >= size:
+            whole = len(pending) - len(pending) % size
+            batches = [pending[i : i + size] for i in range(0, whole, size)]
+            del pending[:whole]
+            self._first_added = now if pending else None
+        batches.extend(self.take_due(now))
+        return batches
+
+    def take_due(self, now: float) -> list[list]:
+        """The pending lines as one batch if their deadline has passed."""
+        deadline = self.deadline
+        if deadline is not None and now >= deadline:
+            return [self.flush()]
+        return []
+
+    def flush(self) -> list:
+        """Everything pending, now (empty list when nothing is pending)."""
+        batch, self._pending, self._first_added = self._pending, [], None
+        return batch
