@@ -436,6 +436,21 @@ class MessageBus:
 
         self._retrying(send, f"publish to exchange {exchange}")
 
+    def dead_letter(self, message: Message, reason: str) -> bool:
+        """Move a message its consumer cannot process to ``<queue>.rejected``, then ack it.
+
+        The copy keeps body and headers and adds ``x-rejected-reason`` and ``x-rejected-from``.
+        It is confirmed before the original is acked, so the message is never lost (it may be
+        in both queues if the ack fails). Returns the ack's result.
+        """
+        dead_letter_queue = rejected_queue_name(message.queue)
+        self.declare_queue(dead_letter_queue, durable=True)
+        headers = dict(message.headers)
+        headers["x-rejected-reason"] = reason[:4000]
+        headers["x-rejected-from"] = message.queue
+        self.publish(dead_letter_queue, message.body, headers=headers)
+        return message.ack()
+
     # -- consuming ---------------------------------------------------------------------------
 
     def _message(self, channel: BlockingChannel, queue: str, method, properties, body) -> Message:
