@@ -1,0 +1,426 @@
+"""NuPIC's C++ spatial pooler as NAB and htmengine ran it (spec §3), bit for bit.
+
+Only the configuration those pipelines used is supported: 1-D topology with the potential radius
+covering the whole input, global inhibition, boosting disabled (``max_boost = 1``) and stimulus
+threshold 0. Within that, every f32 operation, every random draw and every tie-break follows the
+original, so active columns match NuPIC's on every record.
+
+State is sparse where it pays: each column's potential pool is a fixed-size sorted index row and its
+permanences live beside it (``pool_perms[c, j]`` belongs to input ``pool_inputs[c, j]``); the
+connected synapses are mirrored input-major so a record's overlaps are 42 row additions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from htmengine.htm.rng import Random, rng_real64, rng_sample
+
+VERSIONS = ("0.5.6", "0.3.4")
+_UPDATE_PERIOD = 50  # min duty cycles are refreshed every 50 iterations
+_CONNECTED_PCT = 0.5  # share of the pool initialised connected (initConnectedPct)
+_F32 = np.float32
+
+
+@njit(cache=True)
+def _store_column(
+    pool_inputs: np.ndarray,
+    pool_perms: np.ndarray,
+    connected_by_input: np.ndarray,
+    column: int,
+    perms: np.ndarray,
+    raise_perms: bool,
+    connected_perm: np.float32,
+    trim_threshold: np.float32,
+) -> None:
+    """NuPIC's updatePermanencesForColumn_ (raise loop is a clip at stimulus threshold 0).
+
+    Invariant: ``connected_by_input[i, c] == (stored permanence >= connected_perm)`` (trimming never
+    crosses the threshold), so the mirror is only written where connectedness flips.
+    """
+    for j in range(perms.shape[0]):
+        p = perms[j]
+        if raise_perms:
+            p = min(max(p, np.float32(0.0)), np.float32(1.0))
+        connected = p >= connected_perm
+        if connected != (pool_perms[column, j] >= connected_perm):
+            connected_by_input[pool_inputs[column, j], column] = 1 if connected else 0
+        if p > 1.0:
+            p = np.float32(1.0)
+        if p < trim_threshold:
+            p = np.float32(0.0)
+        pool_perms[column, j] = p
+
+
+@njit(cache=True)
+def _initialize(
+    rng_state: np.ndarray,
+    pool_inputs: np.ndarray,
+    pool_perms: np.ndarray,
+    connected_by_input: np.ndarray,
+    tie_breaker: np.ndarray,
+    centred_pools: bool,
+    connected_perm: np.float32,
+    trim_threshold: np.float32,
+) -> None:
+    """Draw the tie-breakers, pools and initial permanences in NuPIC's exact RNG order."""
+    num_columns, pool_size = pool_inputs.shape
+    num_inputs = connected_by_input.shape[0]
+    for c in range(num_columns):
+        tie_breaker[c] = np.float32(0.01 * rng_real64(rng_state))
+    ratio = np.float32(num_inputs) / np.float32(num_columns)
+    one_minus_connected = np.float32(1.0) - connected_perm
+    population = np.empty(num_inputs, dtype=np.int64)
+    in_pool = np.zeros(num_inputs, dtype=np.uint8)
+    perms = np.empty(pool_size, dtype=np.float32)
+    for c in range(num_columns):
+        start = int(np.floor((c + 0.5) * ratio)) if centred_pools else 0
+        for i in range(num_inputs):
+            population[i] = (start + i) % num_inputs
+        pool = np.sort(rng_sample(rng_state, population, pool_size))
+        in_pool[:] = 0
+        for j in range(pool_size):
+            pool_inputs[c, j] = pool[j]
+            in_pool[pool[j]] = 1
+        j = 0
+        for i in range(num_inputs):
+            if in_pool[i] == 0:
+                continue
+            if rng_real64(rng_state) <= _CONNECTED_PCT:
+                p = np.float32(connected_perm + one_minus_connected * rng_real64(rng_state))
+            else:
+                p = np.float32(connected_perm * rng_real64(rng_state))
+            scaled = np.float32(p * np.float32(100000.0))
+            p = np.float32(np.float32(np.int64(scaled)) / np.float32(100000.0))
+            if p < trim_threshold:
+                p = np.float32(0.0)
+            perms[j] = p
+            j += 1
+        _store_column(
+            pool_inputs,
+            pool_perms,
+            connected_by_input,
+            c,
+            perms,
+            True,
+            connected_perm,
+            trim_threshold,
+        )
+
+
+@njit(cache=True)
+def _overlaps(connected_by_input: np.ndarray, on_bits: np.ndarray) -> np.ndarray:
+    overlaps = np.zeros(connected_by_input.shape[1], dtype=np.int32)
+    for b in on_bits:
+        row = connected_by_input[b]
+        for c in range(overlaps.shape[0]):
+            overlaps[c] += row[c]
+    return overlaps
+
+
+@njit(cache=True)
+def _inhibit_ties_to_higher_index(overlaps: np.ndarray, num_active: int) -> np.ndarray:
+    """Top ``num_active`` overlaps; among equal overlaps the higher column index wins (v0.5.6)."""
+    counts = np.zeros(overlaps.max() + 1, dtype=np.int64)
+    for v in overlaps:
+        counts[v] += 1
+    threshold = counts.shape[0] - 1
+    above = 0
+    while above + counts[threshold] < num_active:
+        above += counts[threshold]
+        threshold -= 1
+    at_threshold_wanted = num_active - above
+    active = np.empty(num_active, dtype=np.int32)
+    n = 0
+    for c in range(overlaps.shape[0] - 1, -1, -1):
+        v = overlaps[c]
+        if v > threshold:
+            active[n] = c
+            n += 1
+        elif v == threshold and at_threshold_wanted > 0:
+            active[n] = c
+            n += 1
+            at_threshold_wanted -= 1
+    return np.sort(active)
+
+
+@njit(cache=True)
+def _inhibit_with_tie_breaker(
+    overlaps: np.ndarray, tie_breaker: np.ndarray, num_active: int
+) -> np.ndarray:
+    """Top ``num_active`` of overlap + random tie-breaker (f32); exact ties to the lower index (v0.3.4)."""
+    scores = overlaps.astype(np.float32) + tie_breaker
+    order = np.argsort(-scores, kind="mergesort")
+    return np.sort(order[:num_active].astype(np.int32))
+
+
+@njit(cache=True)
+def _learn(
+    on_bits: np.ndarray,
+    active: np.ndarray,
+    overlaps: np.ndarray,
+    pool_inputs: np.ndarray,
+    pool_perms: np.ndarray,
+    connected_by_input: np.ndarray,
+    overlap_duty: np.ndarray,
+    active_duty: np.ndarray,
+    min_overlap_duty: np.float32,
+    iteration: int,
+    duty_cycle_period: int,
+    active_inc: np.float32,
+    inactive_dec: np.float32,
+    below_stimulus_inc: np.float32,
+    connected_perm: np.float32,
+    trim_threshold: np.float32,
+) -> None:
+    """Permanence learning, duty cycles and the weak-column bump of one learning step."""
+    num_inputs = connected_by_input.shape[0]
+    pool_size = pool_inputs.shape[1]
+    delta = np.full(num_inputs, -inactive_dec, dtype=np.float32)
+    for b in on_bits:
+        delta[b] = active_inc
+    perms = np.empty(pool_size, dtype=np.float32)
+    for c in active:
+        for j in range(pool_size):
+            perms[j] = pool_perms[c, j] + delta[pool_inputs[c, j]]
+        _store_column(
+            pool_inputs,
+            pool_perms,
+            connected_by_input,
+            c,
+            perms,
+            True,
+            connected_perm,
+            trim_threshold,
+        )
+
+    period = min(duty_cycle_period, iteration)
+    keep = np.float32(period - 1)
+    divisor = np.float32(period)
+    is_active = np.zeros(overlap_duty.shape[0], dtype=np.float32)
+    for c in active:
+        is_active[c] = 1.0
+    for c in range(overlap_duty.shape[0]):
+        had_overlap = np.float32(1.0) if overlaps[c] > 0 else np.float32(0.0)
+        overlap_duty[c] = (overlap_duty[c] * keep + had_overlap) / divisor
+        active_duty[c] = (active_duty[c] * keep + is_active[c]) / divisor
+
+    for c in range(overlap_duty.shape[0]):
+        if overlap_duty[c] < min_overlap_duty:
+            for j in range(pool_size):
+                perms[j] = pool_perms[c, j] + below_stimulus_inc
+            _store_column(
+                pool_inputs,
+                pool_perms,
+                connected_by_input,
+                c,
+                perms,
+                False,
+                connected_perm,
+                trim_threshold,
+            )
+
+
+class SpatialPooler:
+    """Global-inhibition spatial pooler; ``compute`` returns the sorted active column indices."""
+
+    def __init__(
+        self,
+        num_inputs: int = 454,
+        num_columns: int = 2048,
+        num_active_columns: int = 40,
+        potential_pct: float = 0.8,
+        syn_perm_connected: float = 0.2,
+        syn_perm_active_inc: float = 0.003,
+        syn_perm_inactive_dec: float = 0.0005,
+        min_pct_overlap_duty_cycle: float = 0.001,
+        duty_cycle_period: int = 1000,
+        seed: int = 1956,
+        version: str = "0.5.6",
+    ) -> None:
+        if version not in VERSIONS:
+            raise ValueError(
+                f"unknown spatial pooler version {version!r}; expected one of {VERSIONS}"
+            )
+        if not 0 < num_active_columns <= num_columns:
+            raise ValueError(
+                f"num_active_columns must be in 1..{num_columns}, got {num_active_columns}"
+            )
+        if not 0.0 < potential_pct <= 1.0:
+            raise ValueError(f"potential_pct must be in (0, 1], got {potential_pct}")
+        self.num_inputs = num_inputs
+        self.num_columns = num_columns
+        self.num_active_columns = num_active_columns
+        self.potential_pct = potential_pct
+        self.syn_perm_connected = syn_perm_connected
+        self.syn_perm_active_inc = syn_perm_active_inc
+        self.syn_perm_inactive_dec = syn_perm_inactive_dec
+        self.min_pct_overlap_duty_cycle = min_pct_overlap_duty_cycle
+        self.duty_cycle_period = duty_cycle_period
+        self.seed = seed
+        self.version = version
+        self._derive_constants()
+
+        pool_size = self._pool_size()
+        self.pool_inputs = np.zeros((num_columns, pool_size), dtype=np.int16)
+        self.pool_perms = np.zeros((num_columns, pool_size), dtype=np.float32)
+        self.connected_by_input = np.zeros((num_inputs, num_columns), dtype=np.uint8)
+        self.tie_breaker = np.zeros(num_columns, dtype=np.float32)
+        _initialize(
+            Random(seed).state,
+            self.pool_inputs,
+            self.pool_perms,
+            self.connected_by_input,
+            self.tie_breaker,
+            version != "0.3.4",
+            self._connected,
+            self._trim,
+        )
+        self.overlap_duty = np.zeros(num_columns, dtype=np.float32)
+        self.active_duty = np.zeros(num_columns, dtype=np.float32)
+        self.min_overlap_duty = _F32(0.0)
+        self.iteration = 0
+        self.learn_iteration = 0
+
+    def _derive_constants(self) -> None:
+        """The f32 constants NuPIC derives, in its exact order of operations."""
+        self._connected = _F32(self.syn_perm_connected)
+        self._active_inc = _F32(self.syn_perm_active_inc)
+        self._inactive_dec = _F32(self.syn_perm_inactive_dec)
+        self._below_stimulus_inc = _F32(float(self._connected) / 10.0)
+        self._trim = _F32(float(self._active_inc) / 2.0)
+        self._min_pct_overlap = _F32(self.min_pct_overlap_duty_cycle)
+
+    def _pool_size(self) -> int:
+        scaled = float(_F32(self.num_inputs) * _F32(self.potential_pct))  # f32 product, as in C++
+        return int(np.floor(scaled + 0.5))  # C round(): half away from zero (positive here)
+
+    def compute(self, input_vector: np.ndarray, learn: bool = True) -> np.ndarray:
+        """Active columns (sorted ``int32``) for a dense 0/1 input vector of ``num_inputs``."""
+        input_vector = np.asarray(input_vector)
+        if input_vector.shape != (self.num_inputs,):
+            raise ValueError(
+                f"input must have shape ({self.num_inputs},), got {input_vector.shape}"
+            )
+        return self.compute_on_bits(np.flatnonzero(input_vector).astype(np.int32), learn)
+
+    def compute_on_bits(self, on_bits: np.ndarray, learn: bool = True) -> np.ndarray:
+        """Same as ``compute`` but from the sorted on-bit indices the encoders produce."""
+        self.iteration += 1
+        overlaps = _overlaps(self.connected_by_input, on_bits)
+        if self.version == "0.3.4":
+            active = _inhibit_with_tie_breaker(overlaps, self.tie_breaker, self.num_active_columns)
+        else:
+            active = _inhibit_ties_to_higher_index(overlaps, self.num_active_columns)
+        if not learn:
+            # NuPIC strips columns that never won while learning.
+            return active[self.active_duty[active] > 0]
+        self.learn_iteration += 1
+        _learn(
+            on_bits,
+            active,
+            overlaps,
+            self.pool_inputs,
+            self.pool_perms,
+            self.connected_by_input,
+            self.overlap_duty,
+            self.active_duty,
+            self.min_overlap_duty,
+            self.iteration,
+            self.duty_cycle_period,
+            self._active_inc,
+            self._inactive_dec,
+            self._below_stimulus_inc,
+            self._connected,
+            self._trim,
+        )
+        if self.iteration % _UPDATE_PERIOD == 0:
+            self.min_overlap_duty = _F32(self._min_pct_overlap * self.overlap_duty.max())
+        return active
+
+    def permanences(self, column: int) -> np.ndarray:
+        """Dense f32 permanence row of one column (zeros outside the pool)."""
+        row = np.zeros(self.num_inputs, dtype=np.float32)
+        row[self.pool_inputs[column]] = self.pool_perms[column]
+        return row
+
+    def get_state(self) -> dict[str, Any]:
+        in_pool = np.zeros((self.num_columns, self.num_inputs), dtype=bool)
+        np.put_along_axis(in_pool, self.pool_inputs.astype(np.intp), True, axis=1)
+        return {
+            "num_inputs": self.num_inputs,
+            "num_columns": self.num_columns,
+            "num_active_columns": self.num_active_columns,
+            "potential_pct": self.potential_pct,
+            "syn_perm_connected": self.syn_perm_connected,
+            "syn_perm_active_inc": self.syn_perm_active_inc,
+            "syn_perm_inactive_dec": self.syn_perm_inactive_dec,
+            "min_pct_overlap_duty_cycle": self.min_pct_overlap_duty_cycle,
+            "duty_cycle_period": self.duty_cycle_period,
+            "seed": self.seed,
+            "version": self.version,
+            "pool_bits": np.packbits(in_pool, axis=1),
+            "pool_perms": self.pool_perms.copy(),
+            "overlap_duty": self.overlap_duty.copy(),
+            "active_duty": self.active_duty.copy(),
+            "min_overlap_duty": float(self.min_overlap_duty),
+            "iteration": self.iteration,
+            "learn_iteration": self.learn_iteration,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SpatialPooler:
+        obj = cls.__new__(cls)
+        for name in (
+            "num_inputs",
+            "num_columns",
+            "num_active_columns",
+            "duty_cycle_period",
+            "seed",
+            "iteration",
+            "learn_iteration",
+        ):
+            setattr(obj, name, int(state[name]))
+        for name in (
+            "potential_pct",
+            "syn_perm_connected",
+            "syn_perm_active_inc",
+            "syn_perm_inactive_dec",
+            "min_pct_overlap_duty_cycle",
+        ):
+            setattr(obj, name, float(state[name]))
+        obj.version = str(state["version"])
+        if obj.version not in VERSIONS:
+            raise ValueError(f"spatial pooler state has unknown version {obj.version!r}")
+        obj._derive_constants()
+        pool_size = obj._pool_size()
+        in_pool = np.unpackbits(
+            np.asarray(state["pool_bits"], dtype=np.uint8), axis=1, count=obj.num_inputs
+        ).astype(bool)
+        if in_pool.shape != (obj.num_columns, obj.num_inputs) or not np.all(
+            in_pool.sum(axis=1) == pool_size
+        ):
+            raise ValueError("spatial pooler state: potential pools do not match the parameters")
+        obj.pool_inputs = (
+            np.nonzero(in_pool)[1].reshape(obj.num_columns, pool_size).astype(np.int16)
+        )
+        obj.pool_perms = np.ascontiguousarray(state["pool_perms"], dtype=np.float32)
+        if obj.pool_perms.shape != (obj.num_columns, pool_size):
+            raise ValueError("spatial pooler state: permanence table has the wrong shape")
+        obj.connected_by_input = np.zeros((obj.num_inputs, obj.num_columns), dtype=np.uint8)
+        columns = np.repeat(np.arange(obj.num_columns), pool_size)
+        connected = (obj.pool_perms >= obj._connected).ravel()
+        obj.connected_by_input[obj.pool_inputs.ravel()[connected], columns[connected]] = 1
+        obj.overlap_duty = np.array(state["overlap_duty"], dtype=np.float32)
+        obj.active_duty = np.array(state["active_duty"], dtype=np.float32)
+        obj.min_overlap_duty = _F32(state["min_overlap_duty"])
+        # The tie-breakers are the first draws of the pooler's generator (which is not used after
+        # initialisation), so they are rebuilt from the seed rather than stored.
+        rng = Random(obj.seed)
+        obj.tie_breaker = np.array(
+            [0.01 * rng.get_real64() for _ in range(obj.num_columns)], dtype=np.float32
+        )
+        return obj
