@@ -117,8 +117,8 @@ class Message:
         )
 
 
-class _ConsumeChannelClosed(Exception):
-    """The consume channel closed while the connection stayed up."""
+class _ConsumerLost(Exception):
+    """A consumer's channel closed, or its connection was replaced by another operation."""
 
 
 @dataclass(eq=False)
@@ -538,8 +538,10 @@ class MessageBus:
     def _deliveries(
         self, consumer: _Consumer, inactivity_timeout: float | None
     ) -> Iterator[Message | None]:
-        connection = self._ensure_connection()
+        connection = consumer.channel.connection
         while True:
+            # Messages held for a lost channel are requeued by the broker: never yield them.
+            self._raise_if_consumer_lost(consumer)
             if consumer.pending:
                 yield consumer.pending.popleft()
                 continue
@@ -548,7 +550,6 @@ class MessageBus:
                 return
             if inactivity_timeout is None:
                 connection.process_data_events(time_limit=None)
-                self._raise_if_channel_closed(consumer)
                 continue
             deadline = time.monotonic() + inactivity_timeout
             while not consumer.pending and not consumer.cancelled_by_broker:
@@ -556,14 +557,13 @@ class MessageBus:
                 if remaining <= 0:
                     break
                 connection.process_data_events(time_limit=remaining)
-                self._raise_if_channel_closed(consumer)
+                self._raise_if_consumer_lost(consumer)
             if not consumer.pending and not consumer.cancelled_by_broker:
                 yield None
 
-    @staticmethod
-    def _raise_if_channel_closed(consumer: _Consumer) -> None:
-        if consumer.channel.is_closed:
-            raise _ConsumeChannelClosed(f"consume channel of {consumer.queue} was closed")
+    def _raise_if_consumer_lost(self, consumer: _Consumer) -> None:
+        if consumer.channel is not self._consume_channel or not consumer.channel.is_open:
+            raise _ConsumerLost(f"the consume channel of {consumer.queue} was closed")
 
     def consume(
         self, queue: str, *, prefetch: int = 50, inactivity_timeout: float | None = None
@@ -583,10 +583,10 @@ class MessageBus:
             try:
                 yield from self._deliveries(consumer, inactivity_timeout)
                 return
-            except _ConsumeChannelClosed as exc:
-                # The connection lives on (e.g. the broker closed the channel over an invalid
-                # ack); the next _start_consumer opens a new channel.
-                LOGGER.warning("%s; consuming again on a new channel", exc)
+            except _ConsumerLost as exc:
+                # E.g. the broker closed the channel over an invalid ack, or an ack or publish
+                # found the connection dead and replaced it: start over on the current one.
+                LOGGER.warning("%s; consuming again", exc)
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as exc:
                 if not _is_connection_failure(exc):
                     raise
