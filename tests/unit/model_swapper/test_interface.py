@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
 
 from htmengine.config import Config
-from htmengine.exceptions import MessageQueueNotFound, ModelNotFound
+from htmengine.exceptions import ModelNotFound
 from htmengine.model_swapper.model_swapper_interface import (
     ModelCommand,
     ModelInferenceResult,
@@ -17,52 +16,7 @@ from htmengine.model_swapper.model_swapper_interface import (
     decode_request_message,
     encode_request_message,
 )
-
-
-@dataclass
-class FakeMessage:
-    body: bytes
-    acked: bool = False
-    nacked: list = field(default_factory=list)
-    redelivered: bool = False
-    headers: dict = field(default_factory=dict)
-
-    def ack(self) -> None:
-        self.acked = True
-
-    def nack(self, requeue: bool = True) -> None:
-        self.nacked.append(requeue)
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.queues: dict[str, list[FakeMessage]] = {}
-        self.published: list[tuple[str, bytes, bool]] = []
-
-    def declare_queue(self, name: str, durable: bool = True, passive: bool = False) -> int:
-        if passive and name not in self.queues:
-            raise MessageQueueNotFound(name)
-        self.queues.setdefault(name, [])
-        return len(self.queues[name])
-
-    def purge_queue(self, name: str) -> int:
-        if name not in self.queues:
-            raise MessageQueueNotFound(name)
-        count = len(self.queues[name])
-        self.queues[name].clear()
-        return count
-
-    def delete_queue(self, name: str) -> None:
-        self.queues.pop(name, None)
-
-    def publish(self, queue: str, body: bytes, *, persistent: bool = True, headers=None) -> None:
-        if queue not in self.queues:
-            raise MessageQueueNotFound(queue)
-        self.published.append((queue, body, persistent))
-        self.queues[queue].append(FakeMessage(body))
-
-    def get(self, queue: str) -> FakeMessage | None:
-        return self.queues[queue].pop(0) if self.queues[queue] else None
+from tests.unit.model_swapper.fakes import FakeBus, FakeMessage
 
 
 @pytest.fixture

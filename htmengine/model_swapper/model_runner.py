@@ -1,0 +1,453 @@
+"""ModelRunner: runs one model's request batches inside a long-lived slot worker process.
+
+A slot worker asks the runner to *serve* a model: take the model's lock, read its checkpoint,
+consume its input queue in runs, then release it (the model leaves memory). One run:
+
+1. take batches from the model's queue (basic.get) until ``target_requests_per_checkpoint`` requests
+   were processed (whole batches only), the queue is empty, a deleteModel was handled, or the worker
+   is asked to stop; a batch whose id is already in the checkpoint (a redelivery after a lost ack)
+   is skipped and acked;
+2. publish one result batch per request batch (results before the checkpoint: a crash in between
+   repeats the batch, never loses its results);
+3. checkpoint: append the run's rows and batch ids to the journal, or save the whole model once the
+   journal plus this run reach ``full_checkpoint_rows`` rows;
+4. ack the run's batches (the checkpoint always precedes the ack).
+
+What can repeat: results of the batches of a run whose checkpoint was not written (the worker or the
+host died between publishing results and the checkpoint's fsync). Those batches are redelivered and
+processed again from the previous checkpoint, giving the same scores for the same rowids; the
+anomaly service drops results for rows that already have a score. Batches whose checkpoint was
+written but whose ack was lost are skipped without results.
+
+The model itself (``htmengine.htm.model.ScalarAnomalyModel``) is built lazily on the first input row:
+from ``model.bin`` plus a replay of the journal, or from the stored definition.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from htmengine import exceptions
+from htmengine.exceptions import ModelAlreadyExists, ModelNotFound
+from htmengine.model_swapper.checkpoint_mgr import Checkpoint, CheckpointManager, InputRow
+from htmengine.model_swapper.model_swapper_interface import (
+    ModelCommand,
+    ModelCommandResult,
+    ModelInferenceResult,
+    ModelInputRow,
+    ModelSwapperInterface,
+    RequestBatch,
+)
+
+_log = logging.getLogger("htmengine.model_swapper.model_runner")
+
+# Characters of traceback kept in an error message (as the original did).
+_TRACEBACK_TAIL_CHARS = 400
+
+
+class AnomalyModel(Protocol):
+    """What the runner needs of a model (ScalarAnomalyModel's API)."""
+
+    def run(self, timestamp: datetime.datetime, value: float) -> float: ...
+
+    def save(self) -> bytes: ...
+
+
+class AnomalyModelClass(Protocol):
+    def __call__(self, model_config: dict) -> AnomalyModel: ...
+
+    def load(self, blob: bytes) -> AnomalyModel: ...
+
+
+def default_model_class() -> Any:
+    """ScalarAnomalyModel, imported on first use (its Numba code compiles only in workers)."""
+    from htmengine.htm.model import ScalarAnomalyModel
+
+    return ScalarAnomalyModel
+
+
+def definition_from_args(args: dict | None) -> dict:
+    """The stored definition of a defineModel command's args (the original's layout)."""
+    if not isinstance(args, dict) or not isinstance(args.get("modelConfig"), dict):
+        raise ValueError("defineModel args must be a dict with a modelConfig dict")
+    schema = args.get("inputRecordSchema")
+    if schema is None:
+        schema = [["c0", "datetime", "T"], ["c1", "float", ""]]
+    return {
+        "modelParams": {
+            "modelConfig": args["modelConfig"],
+            "inferenceArgs": args.get("inferenceArgs"),
+        },
+        "inputSchema": [_field_state(field) for field in schema],
+    }
+
+
+def _field_state(field: Any) -> list:
+    if isinstance(field, dict):
+        return [field.get("name"), field.get("type"), field.get("special", "")]
+    if isinstance(field, (list, tuple)) and len(field) == 3:
+        return list(field)
+    raise ValueError(f"bad inputRecordSchema field {field!r}: expected [name, type, special]")
+
+
+def _row_layout(definition: dict) -> tuple[int, int]:
+    """Indexes of the timestamp and the value in an input row, from the stored input schema."""
+    schema = definition.get("inputSchema") or []
+    types = [str(field[1]).lower() for field in schema]
+    timestamp_index = types.index("datetime") if "datetime" in types else 0
+    others = [i for i in range(max(len(types), 2)) if i != timestamp_index]
+    return timestamp_index, others[0]
+
+
+def error_message(method: str, model_id: str, exc: BaseException) -> str:
+    """ISO time, what failed, the model, the exception and the tail of its traceback."""
+    tail = "".join(traceback.format_exception(exc))[-_TRACEBACK_TAIL_CHARS:]
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None).isoformat()
+    return f"{now}: {method} failed on model {model_id}: {exc!r}; traceback tail: {tail}"
+
+
+@dataclass
+class ServeReport:
+    """What one serve() did; the worker sends it to the controller (counters, LRU decisions)."""
+
+    model_id: str
+    drained: bool = False
+    deleted: bool = False
+    runs: int = 0
+    batches: int = 0
+    duplicate_batches: int = 0
+    rows: int = 0
+    failed_rows: int = 0
+    loads: int = 0
+    replayed_rows: int = 0
+    load_ms: float = 0.0
+    full_saves: int = 0
+    full_save_bytes: int = 0
+    incremental_saves: int = 0
+    incremental_save_bytes: int = 0
+    save_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Session:
+    """One model while it is served: its checkpoint and (once a row arrives) its model."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.checkpoint: Checkpoint | None = None
+        self.model: AnomalyModel | None = None
+        self.unusable: str | None = None
+        self.deleted = False
+
+
+class ModelRunner:
+    """Serves models one at a time for a slot worker."""
+
+    def __init__(
+        self,
+        swapper: ModelSwapperInterface,
+        checkpoints: CheckpointManager,
+        *,
+        target_requests_per_checkpoint: int = 500,
+        full_checkpoint_rows: int = 100,
+        model_class: Any | None = None,
+    ) -> None:
+        self.swapper = swapper
+        self.checkpoints = checkpoints
+        self.target_requests_per_checkpoint = max(1, target_requests_per_checkpoint)
+        self.full_checkpoint_rows = max(1, full_checkpoint_rows)
+        self._model_class = model_class
+
+    @property
+    def model_class(self) -> Any:
+        if self._model_class is None:
+            self._model_class = default_model_class()
+        return self._model_class
+
+    # --- serving ----------------------------------------------------------------------------------
+
+    def serve(self, model_id: str, should_stop: Callable[[], bool]) -> ServeReport:
+        """Run the model until its queue is empty, it is deleted, or `should_stop()` says so."""
+        report = ServeReport(model_id)
+        with self.checkpoints.model_lock(model_id):
+            session = _Session(model_id)
+            self._read_checkpoint(session)
+            while True:
+                drained = self._run_once(session, should_stop, report)
+                report.runs += 1
+                if session.deleted:
+                    report.deleted = True
+                    break
+                if drained:
+                    report.drained = True
+                    break
+                if should_stop():
+                    break
+        return report
+
+    def _read_checkpoint(self, session: _Session) -> None:
+        try:
+            session.checkpoint = self.checkpoints.load(session.model_id)
+        except ModelNotFound:
+            session.checkpoint = None
+        except Exception as exc:  # a corrupt entry makes the model unusable, not the worker
+            _log.exception("checkpoint of model %s is unreadable", session.model_id)
+            session.unusable = error_message("load checkpoint", session.model_id, exc)
+
+    def _run_once(
+        self, session: _Session, should_stop: Callable[[], bool], report: ServeReport
+    ) -> bool:
+        """One run: batches, results, checkpoint, acks. Returns True if the queue was drained."""
+        model_id = session.model_id
+        try:
+            consumer = self.swapper.consumeRequests(model_id, blocking=False)
+        except ModelNotFound:
+            _log.info("input queue of model %s is gone; nothing to run", model_id)
+            return True
+        to_ack: list[RequestBatch] = []
+        run_batch_ids: list[str] = []
+        run_rows: list[InputRow] = []
+        requests = 0
+        drained = True
+        with consumer:
+            for batch in consumer:
+                to_ack.append(batch)
+                known = session.checkpoint.batch_ids if session.checkpoint else ()
+                if batch.batchID in known or batch.batchID in run_batch_ids:
+                    report.duplicate_batches += 1
+                    _log.info(
+                        "skipping batch %s of model %s: already processed", batch.batchID, model_id
+                    )
+                    continue
+                results = self._process_batch(session, batch, run_rows, run_batch_ids, report)
+                if results:
+                    self.swapper.submitResults(model_id, results)
+                run_batch_ids.append(batch.batchID)
+                report.batches += 1
+                requests += len(batch.objects)
+                if (
+                    session.deleted
+                    or requests >= self.target_requests_per_checkpoint
+                    or should_stop()
+                ):
+                    drained = False
+                    break
+        if run_batch_ids and not session.deleted:
+            self._checkpoint(session, run_batch_ids, run_rows, report)
+        for batch in to_ack:
+            batch.ack()
+        if session.deleted:
+            self.swapper.cleanUpAfterModelDeletion(model_id)
+        return drained
+
+    def _process_batch(
+        self,
+        session: _Session,
+        batch: RequestBatch,
+        run_rows: list[InputRow],
+        run_batch_ids: list[str],
+        report: ServeReport,
+    ) -> list:
+        results: list = []
+        for item in batch.objects:
+            if isinstance(item, ModelCommand):
+                results.append(self._command(session, item, run_rows, run_batch_ids, report))
+                if session.deleted:
+                    break
+            elif isinstance(item, ModelInputRow):
+                result = self._row(session, item, run_rows, report)
+                results.append(result)
+                report.rows += 1
+                if result.status != exceptions.SUCCESS:
+                    report.failed_rows += 1
+        return results
+
+    # --- rows -------------------------------------------------------------------------------------
+
+    def _ensure_model(self, session: _Session, report: ServeReport) -> AnomalyModel | None:
+        if session.model is not None or session.unusable is not None:
+            return session.model
+        checkpoint = session.checkpoint
+        if checkpoint is None:
+            return None
+        started = time.perf_counter()
+        try:
+            if checkpoint.model_blob is not None:
+                model = self.model_class.load(checkpoint.model_blob)
+            else:
+                model = self.model_class(checkpoint.definition["modelParams"]["modelConfig"])
+            for timestamp, value in checkpoint.journal_rows:
+                model.run(timestamp, value)
+        except Exception as exc:
+            _log.exception("model %s cannot be loaded", session.model_id)
+            session.unusable = error_message("load model", session.model_id, exc)
+            return None
+        session.model = model
+        report.loads += 1
+        report.replayed_rows += len(checkpoint.journal_rows)
+        report.load_ms += (time.perf_counter() - started) * 1000.0
+        return model
+
+    def _row(
+        self,
+        session: _Session,
+        row: ModelInputRow,
+        run_rows: list[InputRow],
+        report: ServeReport,
+    ) -> ModelInferenceResult:
+        model = self._ensure_model(session, report)
+        if model is None:
+            if session.unusable is not None:
+                return ModelInferenceResult(
+                    row.rowID, exceptions.ERR, errorMessage=session.unusable
+                )
+            return ModelInferenceResult(
+                row.rowID,
+                exceptions.ERR_NO_SUCH_MODEL,
+                errorMessage=f"model {session.model_id} is not defined (no checkpoint entry)",
+            )
+        assert session.checkpoint is not None
+        try:
+            timestamp_index, value_index = _row_layout(session.checkpoint.definition)
+            timestamp = row.data[timestamp_index]
+            value = float(row.data[value_index])
+            if not isinstance(timestamp, datetime.datetime):
+                raise ValueError(f"field {timestamp_index} is not a datetime: {timestamp!r}")
+            score = float(model.run(timestamp, value))
+        except Exception as exc:
+            _log.warning("row %s of model %s failed: %r", row.rowID, session.model_id, exc)
+            return ModelInferenceResult(
+                row.rowID, exceptions.ERR, errorMessage=error_message("run", session.model_id, exc)
+            )
+        run_rows.append((timestamp, value))
+        return ModelInferenceResult(row.rowID, exceptions.SUCCESS, score)
+
+    # --- commands ---------------------------------------------------------------------------------
+
+    def _command(
+        self,
+        session: _Session,
+        command: ModelCommand,
+        run_rows: list[InputRow],
+        run_batch_ids: list[str],
+        report: ServeReport,
+    ) -> ModelCommandResult:
+        model_id = session.model_id
+        method = command.method
+        try:
+            if method == "defineModel":
+                return self._define(session, command)
+            if method == "deleteModel":
+                self.checkpoints.remove(model_id)
+                session.deleted = True
+                session.model = None
+                _log.info("deleted model %s", model_id)
+                return ModelCommandResult(command.commandID, method, exceptions.SUCCESS)
+            if method == "cloneModel":
+                return self._clone(session, command, run_rows, run_batch_ids, report)
+            return ModelCommandResult(
+                command.commandID,
+                method,
+                exceptions.ERR_INVALID_ARG,
+                errorMessage=f"unknown command {method!r} for model {model_id}",
+            )
+        except Exception as exc:
+            _log.exception("command %s of model %s failed", method, model_id)
+            return ModelCommandResult(
+                command.commandID,
+                method,
+                exceptions.ERR,
+                errorMessage=error_message(method, model_id, exc),
+            )
+
+    def _define(self, session: _Session, command: ModelCommand) -> ModelCommandResult:
+        try:
+            definition = definition_from_args(command.args)
+        except ValueError as exc:
+            return ModelCommandResult(
+                command.commandID,
+                command.method,
+                exceptions.ERR_INVALID_ARG,
+                errorMessage=error_message(command.method, session.model_id, exc),
+            )
+        try:
+            created = self.checkpoints.define(session.model_id, definition)
+        except ModelAlreadyExists as exc:
+            return ModelCommandResult(
+                command.commandID,
+                command.method,
+                exceptions.ERR_MODEL_ALREADY_EXISTS,
+                errorMessage=error_message(command.method, session.model_id, exc),
+            )
+        if created or session.checkpoint is None:
+            session.checkpoint = self.checkpoints.load(session.model_id)
+            session.model = None
+            session.unusable = None
+        _log.info("defined model %s (%s)", session.model_id, "new" if created else "unchanged")
+        return ModelCommandResult(command.commandID, command.method, exceptions.SUCCESS)
+
+    def _clone(
+        self,
+        session: _Session,
+        command: ModelCommand,
+        run_rows: list[InputRow],
+        run_batch_ids: list[str],
+        report: ServeReport,
+    ) -> ModelCommandResult:
+        new_model_id = (command.args or {}).get("modelID")
+        if not isinstance(new_model_id, str) or not new_model_id:
+            return ModelCommandResult(
+                command.commandID,
+                command.method,
+                exceptions.ERR_INVALID_ARG,
+                errorMessage=f"cloneModel of {session.model_id} needs args {{'modelID': <new id>}}",
+            )
+        if session.checkpoint is None:
+            return ModelCommandResult(
+                command.commandID,
+                command.method,
+                exceptions.ERR_NO_SUCH_MODEL,
+                errorMessage=f"cloneModel: source model {session.model_id} does not exist",
+            )
+        # The copy must include the rows this run already processed: checkpoint them first.
+        if run_batch_ids:
+            self._checkpoint(session, list(run_batch_ids), list(run_rows), report)
+            run_rows.clear()
+            run_batch_ids.clear()
+        try:
+            self.checkpoints.clone(session.model_id, new_model_id)
+        except ModelAlreadyExists:
+            _log.info("cloneModel: %s already exists; treating as done", new_model_id)
+        return ModelCommandResult(command.commandID, command.method, exceptions.SUCCESS)
+
+    # --- checkpoint -------------------------------------------------------------------------------
+
+    def _checkpoint(
+        self,
+        session: _Session,
+        batch_ids: list[str],
+        rows: list[InputRow],
+        report: ServeReport,
+    ) -> None:
+        checkpoint = session.checkpoint
+        if checkpoint is None or session.unusable is not None:
+            return  # nothing to fold the batches into: an undefined or unusable model
+        started = time.perf_counter()
+        journal_rows = len(checkpoint.journal_rows) + len(rows)
+        if session.model is not None and journal_rows >= self.full_checkpoint_rows:
+            written = self.checkpoints.save_full(checkpoint, session.model.save(), batch_ids)
+            report.full_saves += 1
+            report.full_save_bytes += written
+        else:
+            written = self.checkpoints.append(checkpoint, batch_ids, rows)
+            report.incremental_saves += 1
+            report.incremental_save_bytes += written
+        report.save_ms += (time.perf_counter() - started) * 1000.0

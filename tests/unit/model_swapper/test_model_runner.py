@@ -1,0 +1,216 @@
+"""ModelRunner logic with an in-memory bus and a toy model (the real model runs in integration)."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from htmengine import exceptions
+from htmengine.config import Config
+from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
+from htmengine.model_swapper.model_runner import ModelRunner
+from htmengine.model_swapper.model_swapper_interface import (
+    ModelCommand,
+    ModelCommandResult,
+    ModelInferenceResult,
+    ModelInputRow,
+    ModelSwapperInterface,
+    decode_result_message,
+)
+from tests.unit.model_swapper.fakes import FakeBus, ToyModel
+
+T0 = datetime.datetime(2020, 1, 1)
+DEFINE_ARGS = {
+    "modelConfig": {"start": 1.0, "fail_on": -1.0},
+    "inferenceArgs": {"predictedField": "c1"},
+    "inputRecordSchema": [["c0", "datetime", "T"], ["c1", "float", ""]],
+}
+
+
+def never() -> bool:
+    return False
+
+
+def input_rows(first: int, count: int) -> list[ModelInputRow]:
+    return [
+        ModelInputRow(rowid, [T0 + datetime.timedelta(minutes=5 * rowid), float(rowid % 7)])
+        for rowid in range(first, first + count)
+    ]
+
+
+def expected_scores(rowids: list[int]) -> list[float]:
+    model = ToyModel(DEFINE_ARGS["modelConfig"])
+    return [model.run(T0 + datetime.timedelta(minutes=5 * r), float(r % 7)) for r in rowids]
+
+
+class Harness:
+    def __init__(self, tmp_path, full_rows: int = 5, target: int = 500) -> None:
+        (tmp_path / "model-swapper.conf").write_text(
+            "[interface_bus]\nresults_queue = r\n"
+            "model_input_queue_prefix = in.\nscheduler_notification_queue = n\n"
+        )
+        self.bus = FakeBus()
+        self.swapper = ModelSwapperInterface(
+            bus=self.bus, config=Config("model-swapper.conf", str(tmp_path))
+        )
+        self.checkpoints = CheckpointManager(str(tmp_path / "ckpt"))
+        self.runner = ModelRunner(
+            self.swapper,
+            self.checkpoints,
+            target_requests_per_checkpoint=target,
+            full_checkpoint_rows=full_rows,
+            model_class=ToyModel,
+        )
+
+    def results(self) -> list:
+        items = []
+        for message in self.bus.queues.get("r", []):
+            model_id, batch = decode_result_message(message.body)
+            items.extend(batch)
+        return items
+
+    def inference_results(self) -> list[ModelInferenceResult]:
+        return [r for r in self.results() if isinstance(r, ModelInferenceResult)]
+
+
+@pytest.fixture
+def harness(tmp_path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_define_then_rows_yield_one_result_per_row_in_order(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 3))
+    harness.swapper.submitRequests("m", input_rows(4, 2))
+    report = harness.runner.serve("m", never)
+    assert report.drained and report.rows == 5 and report.batches == 3
+    (command,) = [r for r in harness.results() if isinstance(r, ModelCommandResult)]
+    assert command == ModelCommandResult("c1", "defineModel", exceptions.SUCCESS)
+    results = harness.inference_results()
+    assert [r.rowID for r in results] == [1, 2, 3, 4, 5]
+    assert [r.anomalyScore for r in results] == expected_scores([1, 2, 3, 4, 5])
+    assert all(m.acked for _, m in harness.bus.taken)
+
+
+def test_scores_survive_swapping_with_journal_replay_and_full_saves(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.runner.serve("m", never)
+    reports = []
+    for first in range(1, 23, 2):  # 11 serves of 2 rows: journal appends and full saves mix
+        harness.swapper.submitRequests("m", input_rows(first, 2))
+        reports.append(harness.runner.serve("m", never))
+    scores = [r.anomalyScore for r in harness.inference_results()]
+    assert scores == expected_scores(list(range(1, 23)))
+    assert sum(r.full_saves for r in reports) >= 3
+    assert sum(r.incremental_saves for r in reports) >= 5
+    assert sum(r.replayed_rows for r in reports) > 0
+
+
+def test_redelivered_batch_after_a_lost_ack_is_skipped(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 2))
+    harness.runner.serve("m", never)
+    for _, message in harness.bus.taken:  # the acks never reached the broker
+        message.acked = False
+    harness.bus.requeue_unacked()
+    report = harness.runner.serve("m", never)
+    assert report.duplicate_batches == 2 and report.rows == 0
+    assert [r.rowID for r in harness.inference_results()] == [1, 2]
+
+
+def test_target_requests_per_checkpoint_splits_runs(tmp_path) -> None:
+    harness = Harness(tmp_path, target=2)
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    for first in (1, 2, 3, 4):
+        harness.swapper.submitRequests("m", input_rows(first, 1))
+    report = harness.runner.serve("m", never)
+    assert report.runs >= 3 and report.drained
+    assert [r.rowID for r in harness.inference_results()] == [1, 2, 3, 4]
+
+
+def test_should_stop_ends_after_the_current_batch_with_a_checkpoint(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 2))
+    harness.swapper.submitRequests("m", input_rows(3, 2))
+    report = harness.runner.serve("m", lambda: True)
+    assert not report.drained
+    # define batch, then first row batch, then stop
+    assert report.batches == 1
+    assert len(harness.bus.queues["in.m"]) == 2
+    harness.runner.serve("m", never)
+    assert [r.anomalyScore for r in harness.inference_results()] == expected_scores([1, 2, 3, 4])
+
+
+def test_a_failing_row_reports_an_error_and_the_rest_continue(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    rows = input_rows(1, 3)
+    rows[1] = ModelInputRow(2, [rows[1].data[0], -1.0])
+    harness.swapper.submitRequests("m", rows)
+    report = harness.runner.serve("m", never)
+    results = harness.inference_results()
+    assert [r.status for r in results] == [0, exceptions.ERR, 0]
+    assert "cannot learn" in results[1].errorMessage and report.failed_rows == 1
+    model = ToyModel(DEFINE_ARGS["modelConfig"])
+    model.run(rows[0].data[0], rows[0].data[1])
+    assert results[2].anomalyScore == model.run(rows[2].data[0], rows[2].data[1])
+
+
+def test_rows_for_an_undefined_model_get_no_such_model(harness) -> None:
+    harness.bus.declare_queue("in.m")
+    harness.swapper.submitRequests("m", input_rows(1, 1))
+    harness.runner.serve("m", never)
+    (result,) = harness.inference_results()
+    assert result.status == exceptions.ERR_NO_SUCH_MODEL
+
+
+def test_define_twice_is_idempotent_and_a_different_definition_fails(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c2")
+    harness.swapper.defineModel("m", {**DEFINE_ARGS, "modelConfig": {"start": 2.0}}, "c3")
+    harness.swapper.submitRequests("m", [ModelCommand("c4", "frobnicate")])
+    harness.swapper.defineModel("m", {"inferenceArgs": {}}, "c5")
+    harness.runner.serve("m", never)
+    statuses = {r.commandID: r.status for r in harness.results()}
+    assert statuses == {
+        "c1": 0,
+        "c2": 0,
+        "c3": exceptions.ERR_MODEL_ALREADY_EXISTS,
+        "c4": exceptions.ERR_INVALID_ARG,
+        "c5": exceptions.ERR_INVALID_ARG,
+    }
+    messages = [r.errorMessage for r in harness.results() if r.status]
+    assert all("model m" in m for m in messages)
+
+
+def test_delete_model_removes_checkpoint_and_queue(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 2))
+    harness.runner.serve("m", never)
+    harness.swapper.deleteModel("m", "d1")
+    report = harness.runner.serve("m", never)
+    assert report.deleted
+    assert not harness.checkpoints.exists("m")
+    assert "in.m" not in harness.bus.queues
+    assert harness.results()[-1] == ModelCommandResult("d1", "deleteModel", 0)
+
+
+def test_clone_model_copies_the_state_including_this_runs_rows(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 3))
+    harness.swapper.cloneModel("m", "copy", "k1")
+    harness.runner.serve("m", never)
+    assert harness.results()[-1] == ModelCommandResult("k1", "cloneModel", 0)
+    harness.swapper.submitRequests("copy", input_rows(4, 1))
+    harness.runner.serve("copy", never)
+    assert harness.inference_results()[-1].anomalyScore == expected_scores([1, 2, 3, 4])[-1]
+    harness.swapper.cloneModel("m", "copy", "k2")  # target exists: success
+    harness.runner.serve("m", never)
+    assert harness.results()[-1] == ModelCommandResult("k2", "cloneModel", 0)
+
+
+def test_clone_of_an_undefined_model_fails_with_no_such_model(harness) -> None:
+    harness.bus.declare_queue("in.ghost")
+    harness.swapper.cloneModel("ghost", "x", "k3")
+    harness.runner.serve("ghost", never)
+    assert harness.results()[-1].status == exceptions.ERR_NO_SUCH_MODEL
