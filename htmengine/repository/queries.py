@@ -468,3 +468,77 @@ def get_metric_ids_sorted_by_display_value(conn: Connection, period_hours: int) 
         .order_by(sa.desc("display_value"))
     )
     return list(conn.execute(query))
+
+
+# --- ingestion ---
+# Batched forms used by the metric storer: one statement for many metrics, so a transaction that
+# stores thousands of rows for hundreds of metrics costs a handful of round trips.
+
+
+def get_custom_metric_uids(conn: Connection, names: Iterable[str]) -> dict[str, str]:
+    """{name: uid} of the custom metrics among `names` (the oldest uid when duplicates exist)."""
+    found: dict[str, str] = {}
+    for chunk in _chunks(sorted(set(names)), _ROWS_PER_STATEMENT):
+        query = (
+            sa.select(metric.c.name, sa.func.min(metric.c.uid).label("uid"))
+            .where(metric.c.datasource == CUSTOM_DATASOURCE, metric.c.name.in_(chunk))
+            .group_by(metric.c.name)
+        )
+        found.update({row.name: row.uid for row in conn.execute(query)})
+    return found
+
+
+def lock_metrics_for_append(conn: Connection, uids: Iterable[str]) -> dict[str, Row]:
+    """Lock many metric rows (in uid order, so concurrent storers cannot deadlock) and return
+    {uid: (uid, status, last_rowid, last_timestamp)}; last_timestamp is the timestamp of the row
+    at last_rowid (None when the metric has no rows). Missing uids are absent from the result.
+    """
+    last_row = metric_data.alias("last_row")
+    locked: dict[str, Row] = {}
+    for chunk in _chunks(sorted(set(uids)), _ROWS_PER_STATEMENT):
+        query = (
+            sa.select(
+                metric.c.uid,
+                metric.c.status,
+                metric.c.last_rowid,
+                last_row.c.timestamp.label("last_timestamp"),
+            )
+            .select_from(
+                metric.outerjoin(
+                    last_row,
+                    sa.and_(
+                        last_row.c.uid == metric.c.uid, last_row.c.rowid == metric.c.last_rowid
+                    ),
+                )
+            )
+            .where(metric.c.uid.in_(chunk))
+            .order_by(metric.c.uid)
+            .with_for_update(of=metric)
+        )
+        locked.update({row.uid: row for row in conn.execute(query)})
+    return locked
+
+
+def set_last_rowids(conn: Connection, last_rowids: Mapping[str, int]) -> None:
+    """Set metric.last_rowid of many metrics with one statement per 1000 (caller holds the locks)."""
+    items = sorted(last_rowids.items())
+    for chunk in _chunks(items, _ROWS_PER_STATEMENT):
+        case = sa.case({uid: last for uid, last in chunk}, value=metric.c.uid)
+        conn.execute(
+            metric.update()
+            .where(metric.c.uid.in_([uid for uid, _ in chunk]))
+            .values(last_rowid=case)
+        )
+
+
+def insert_metric_data_rows(
+    conn: Connection, rows: Sequence[tuple[str, int, datetime.datetime, float]]
+) -> None:
+    """Insert (uid, rowid, timestamp, value) rows of any metrics; the caller allocated the rowids
+    under the metric locks (see lock_metrics_for_append / set_last_rowids)."""
+    if rows:
+        # PyMySQL's executemany rewrites this into multi-row INSERT statements (up to ~1 MiB each).
+        conn.exec_driver_sql(
+            "INSERT INTO metric_data (uid, rowid, timestamp, metric_value) VALUES (%s, %s, %s, %s)",
+            rows,
+        )

@@ -1,0 +1,306 @@
+"""Drains the custom metric data queue into MySQL.
+
+Consumes ``[metric_listener] queue_name`` with prefetch and stores many messages per transaction:
+
+1. each message is checked: JSON object, ``protocol`` "plain", ``data`` a list of strings. One that
+   is not goes, unchanged, to the dead-letter queue ``<queue>.rejected`` (header ``x-rejected-reason``)
+   and is acked; its neighbours are not affected;
+2. lines that fail to parse inside a good message are counted and skipped;
+3. samples are grouped by metric name (message order kept); unknown names become UNMONITORED custom
+   metrics (race-safe across storer processes, under the ``metrics`` lock row);
+4. one transaction locks the metrics, scrubs (drops samples not newer than the newest stored one),
+   allocates contiguous rowids and inserts the rows;
+5. only after the commit are the messages acked, so a crash before it leads to a redelivery that
+   the scrubbing rule makes harmless. Several storer processes may run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+import sqlalchemy.exc
+import tenacity
+
+from htmengine.bus import Message, MessageBus, rejected_queue_name
+from htmengine.config import ConfigError, get_app_config, get_rabbitmq_config
+from htmengine.logging_support import RateLimitedLogger, setup_logging
+from htmengine.repository import get_engine
+from htmengine.runtime.instrumentation import StorerMetrics, serve_metrics
+from htmengine.runtime.metric_streamer import (
+    MetricStreamer,
+    MissingMetricsError,
+    Sample,
+    StoredRows,
+    ensure_custom_metrics,
+)
+from htmengine.runtime.plaintext_protocol import parse_samples
+
+SERVICE_NAME = "metric_storer"
+PROTOCOL_PLAIN = "plain"
+REJECTED_REASON_HEADER = "x-rejected-reason"
+# Seconds without a new message after which the pending ones are stored.
+IDLE_FLUSH_SEC = 0.05
+# Pending messages are stored at the latest this many seconds after the first arrived.
+MAX_BATCH_AGE_SEC = 0.5
+# Retries of a batch whose metrics were deleted while it was being stored.
+MISSING_METRIC_RETRIES = 3
+# Metric name -> uid cache bound (trimmed to half when exceeded).
+MAX_CACHED_METRICS = 100_000
+
+
+class RejectedMessage(ValueError):
+    """A message the storer cannot use at all; `reason` is the dead-letter header value."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_message(body: bytes) -> list[str]:
+    """The data lines of a message body, or RejectedMessage with the reason."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise RejectedMessage("not JSON") from None
+    if not isinstance(document, dict):
+        raise RejectedMessage("not a JSON object")
+    protocol = document.get("protocol")
+    if protocol is None:
+        raise RejectedMessage("no protocol")
+    if protocol != PROTOCOL_PLAIN:
+        raise RejectedMessage(f"unknown protocol {str(protocol)[:50]!r}")
+    data = document.get("data")
+    if not isinstance(data, list) or not all(isinstance(line, str) for line in data):
+        raise RejectedMessage("data is not a list of strings")
+    return data
+
+
+def _is_transient_db_error(exc: BaseException) -> bool:
+    """Deadlocks, lock wait timeouts and lost connections: retrying the batch may succeed."""
+    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    )
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch of messages became (for logs and tests)."""
+
+    messages: int = 0
+    rejected: int = 0
+    bad_lines: int = 0
+    stored: int = 0
+    dropped: int = 0
+
+
+class MetricStorer:
+    """One storer: consume, decode, store in one transaction per batch, ack after commit."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        bus: MessageBus,
+        queue_name: str,
+        prefetch: int,
+        streamer: MetricStreamer,
+        metrics: StorerMetrics,
+        log: logging.Logger,
+    ) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.queue_name = queue_name
+        self.rejected_queue = rejected_queue_name(queue_name)
+        self.prefetch = prefetch
+        self.streamer = streamer
+        self.metrics = metrics
+        self.log = log
+        self.warn = RateLimitedLogger(log, interval=10.0)
+        self.uid_cache: dict[str, str] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Consume until `stopping` is set (checked between batches)."""
+        self.bus.declare_queue(self.queue_name)
+        self.bus.declare_queue(self.rejected_queue)
+        self.log.info("storing from queue %s (prefetch %d)", self.queue_name, self.prefetch)
+        pending: list[Message] = []
+        first_arrival = 0.0
+        deliveries = self.bus.consume(
+            self.queue_name, prefetch=self.prefetch, inactivity_timeout=IDLE_FLUSH_SEC
+        )
+        for message in deliveries:
+            if message is not None:
+                if not pending:
+                    first_arrival = time.monotonic()
+                pending.append(message)
+                if (
+                    len(pending) < self.prefetch
+                    and time.monotonic() - first_arrival < MAX_BATCH_AGE_SEC
+                ):
+                    continue
+            if pending:
+                self.process(pending)
+                pending = []
+            if self.stopping.is_set():
+                break
+        if pending:
+            self.process(pending)
+
+    def process(self, messages: list[Message]) -> BatchOutcome:
+        """Store a batch of messages and ack them (dead-lettering the unusable ones)."""
+        outcome = BatchOutcome(messages=len(messages))
+        self.metrics.messages_received.inc(len(messages))
+        samples_by_name: dict[str, list[Sample]] = {}
+        for message in messages:
+            try:
+                lines = decode_message(message.body)
+            except RejectedMessage as exc:
+                self._dead_letter(message, exc.reason)
+                outcome.rejected += 1
+                continue
+            parsed = parse_samples(lines)
+            if parsed.bad_count:
+                outcome.bad_lines += parsed.bad_count
+                self.metrics.lines_bad.inc(parsed.bad_count)
+                self.warn.warning(
+                    "bad-line",
+                    "skipped %d bad line(s) in a message; e.g. %s",
+                    parsed.bad_count,
+                    parsed.bad_example,
+                )
+            for name, value, seconds in parsed.good:
+                samples = samples_by_name.get(name)
+                if samples is None:
+                    samples = samples_by_name[name] = []
+                samples.append((seconds, value))
+        if samples_by_name:
+            stored = self._store(samples_by_name)
+            self._count(stored, outcome)
+            self.streamer.rows_committed(stored)
+        for message in messages:
+            message.ack()
+        return outcome
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        self.metrics.messages_rejected.labels(reason).inc()
+        self.warn.warning(
+            "dead-letter",
+            "moved a message to %s (%s): %r",
+            self.rejected_queue,
+            reason,
+            message.body[:200],
+        )
+        headers = dict(message.headers)
+        headers[REJECTED_REASON_HEADER] = reason
+        self.bus.publish(self.rejected_queue, message.body, headers=headers)
+
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception(_is_transient_db_error),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=5.0),
+        before_sleep=lambda state: logging.getLogger(__name__).warning(
+            "storing failed (%r); retrying (attempt %d)",
+            state.outcome.exception() if state.outcome else None,
+            state.attempt_number,
+        ),
+    )
+    def _store(self, samples_by_name: dict[str, list[Sample]]) -> list[StoredRows]:
+        """One transaction for the whole batch; retried on deadlocks and lost connections."""
+        for _attempt in range(MISSING_METRIC_RETRIES):
+            uids, created = ensure_custom_metrics(self.engine, samples_by_name, self.uid_cache)
+            if created:
+                self.metrics.metrics_created.inc(len(created))
+                self.log.info("created %d metric(s), e.g. %r", len(created), created[0])
+            self._remember(uids)
+            samples_by_uid = {uids[name]: samples for name, samples in samples_by_name.items()}
+            started = time.perf_counter()
+            try:
+                with self.engine.begin() as conn:
+                    stored = self.streamer.store_samples(conn, samples_by_uid)
+            except MissingMetricsError as exc:
+                self.log.warning("metrics deleted while storing; re-resolving: %s", exc)
+                gone = set(exc.uids)
+                self.uid_cache = {n: u for n, u in self.uid_cache.items() if u not in gone}
+                continue
+            self.metrics.transaction_seconds.observe(time.perf_counter() - started)
+            return stored
+        raise MissingMetricsError(sorted(samples_by_name))
+
+    def _remember(self, uids: dict[str, str]) -> None:
+        if len(self.uid_cache) + len(uids) > MAX_CACHED_METRICS:
+            keep = list(self.uid_cache.items())[-(MAX_CACHED_METRICS // 2) :]
+            self.uid_cache = dict(keep)
+        self.uid_cache.update(uids)
+
+    def _count(self, stored: list[StoredRows], outcome: BatchOutcome) -> None:
+        out_of_order = duplicate = metric_error = rows = 0
+        for result in stored:
+            rows += len(result.rows)
+            out_of_order += result.dropped_out_of_order
+            duplicate += result.dropped_duplicate
+            metric_error += result.dropped_metric_error
+        self.metrics.samples_stored.inc(rows)
+        outcome.stored = rows
+        outcome.dropped = out_of_order + duplicate + metric_error
+        for reason, count in (
+            ("out_of_order", out_of_order),
+            ("duplicate", duplicate),
+            ("metric_error", metric_error),
+        ):
+            if count:
+                self.metrics.samples_dropped.labels(reason).inc(count)
+                self.warn.warning(
+                    f"dropped-{reason}", "dropped %d sample(s): %s", count, reason.replace("_", " ")
+                )
+
+
+def build_storer(
+    on_rows_stored: Callable[[list[StoredRows]], None] | None = None,
+) -> tuple[MetricStorer, int]:
+    """A storer wired to the configured database, broker and queue; and its metrics port."""
+    config = get_app_config()
+    queue_name = config.get("metric_listener", "queue_name")
+    prefetch = config.getint("metric_storer", "prefetch")
+    metrics_port = config.getint("metric_storer", "metrics_port")
+    if prefetch < 1:
+        raise ConfigError(f"{config.path}: [metric_storer] prefetch must be >= 1")
+    bus = MessageBus(get_rabbitmq_config())
+    engine = get_engine(config)
+    log = logging.getLogger(f"htmengine.{SERVICE_NAME}")
+    storer = MetricStorer(
+        engine, bus, queue_name, prefetch, MetricStreamer(on_rows_stored), StorerMetrics(), log
+    )
+    return storer, metrics_port
+
+
+def main() -> int:
+    log = setup_logging(SERVICE_NAME)
+    try:
+        storer, metrics_port = build_storer()
+    except ConfigError as exc:
+        print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    serve_metrics(storer.metrics.registry, metrics_port)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after the current batch", signum)
+        storer.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        storer.run()
+    finally:
+        storer.bus.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

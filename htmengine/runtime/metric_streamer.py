@@ -1,0 +1,195 @@
+"""Storing samples as metric_data rows: the scrubbing rule, row allocation, and the after-commit hook.
+
+Shared by the metric storer (many metrics per transaction) and anything else that appends data
+to a metric. The caller owns the transaction; after it commits, the caller passes what was stored
+to `MetricStreamer.rows_committed`, which hands it to the `on_rows_stored` hook (the model-side
+forwarding for CREATE_PENDING/ACTIVE metrics and PENDING_DATA activation plug in there).
+
+Scrubbing rule (the original's, applied under the metric row lock so that several storer
+processes agree): a sample whose timestamp is older than the metric's newest stored timestamp is
+dropped as out of order; one equal to it is dropped as a duplicate; accepted samples advance the
+reference. A redelivered message therefore stores nothing twice. Timestamps are whole epoch
+seconds (rows keep whole seconds). Data for a metric in ERROR status is dropped, as in the original.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from htmengine.exceptions import MetricNotFound
+from htmengine.repository import DATA_ACCEPTING_STATUSES, MetricStatus, queries
+
+LOGGER = logging.getLogger(__name__)
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+# A sample: (whole epoch seconds UTC, value).
+Sample = tuple[int, float]
+
+
+def to_datetime(seconds: int) -> datetime.datetime:
+    """Naive UTC datetime of whole epoch seconds (the DATETIME column's form)."""
+    return _EPOCH + datetime.timedelta(seconds=seconds)
+
+
+def to_epoch_seconds(timestamp: datetime.datetime) -> int:
+    """Whole epoch seconds of a naive UTC datetime."""
+    return calendar.timegm(timestamp.utctimetuple())
+
+
+@dataclass
+class StoredRows:
+    """What one metric got from one transaction: the new rows and what was dropped.
+
+    `status` is the metric's status under the row lock when the rows were stored; rows are
+    ``(rowid, naive UTC datetime, value)`` in rowid order (empty when everything was dropped).
+    """
+
+    uid: str
+    status: MetricStatus
+    rows: list[tuple[int, datetime.datetime, float]] = field(default_factory=list)
+    dropped_out_of_order: int = 0
+    dropped_duplicate: int = 0
+    dropped_metric_error: int = 0
+
+    @property
+    def first_rowid(self) -> int | None:
+        return self.rows[0][0] if self.rows else None
+
+    @property
+    def last_rowid(self) -> int | None:
+        return self.rows[-1][0] if self.rows else None
+
+
+def scrub(samples: Iterable[Sample], last_timestamp: int | None) -> tuple[list[Sample], int, int]:
+    """Keep samples strictly newer than everything before them.
+
+    Returns (accepted samples, out-of-order count, duplicate count).
+    """
+    accepted: list[Sample] = []
+    out_of_order = duplicate = 0
+    reference = last_timestamp
+    for sample in samples:
+        seconds = sample[0]
+        if reference is not None and seconds <= reference:
+            if seconds == reference:
+                duplicate += 1
+            else:
+                out_of_order += 1
+            continue
+        accepted.append(sample)
+        reference = seconds
+    return accepted, out_of_order, duplicate
+
+
+class MissingMetricsError(MetricNotFound):
+    """Some metrics vanished (deleted) before their rows could be stored; `uids` names them."""
+
+    def __init__(self, uids: Sequence[str]) -> None:
+        super().__init__(f"metrics do not exist: {', '.join(uids)}")
+        self.uids = list(uids)
+
+
+class MetricStreamer:
+    """Appends scrubbed samples to metrics and reports what was stored after commit."""
+
+    def __init__(self, on_rows_stored: Callable[[list[StoredRows]], None] | None = None) -> None:
+        self.on_rows_stored = on_rows_stored
+
+    def stream_metric_data(
+        self, conn: Connection, uid: str, samples: Sequence[Sample]
+    ) -> StoredRows:
+        """Store one metric's samples in the caller's transaction (locks the metric row).
+
+        Raises MetricNotFound. Call `rows_committed` with the result after the commit.
+        """
+        return self.store_samples(conn, {uid: samples})[0]
+
+    def store_samples(
+        self, conn: Connection, samples_by_uid: Mapping[str, Sequence[Sample]]
+    ) -> list[StoredRows]:
+        """Store many metrics' samples in the caller's transaction, one result per metric.
+
+        Locks every metric row first (in uid order), allocates contiguous rowids after each
+        metric's last_rowid, inserts all rows with multi-row INSERTs. Raises MissingMetricsError
+        (before writing anything) when some uids do not exist.
+        """
+        if not samples_by_uid:
+            return []
+        locked = queries.lock_metrics_for_append(conn, samples_by_uid)
+        missing = [uid for uid in samples_by_uid if uid not in locked]
+        if missing:
+            raise MissingMetricsError(missing)
+        results: list[StoredRows] = []
+        new_last_rowids: dict[str, int] = {}
+        rows_to_insert: list[tuple[str, int, datetime.datetime, float]] = []
+        for uid in sorted(samples_by_uid):
+            samples = samples_by_uid[uid]
+            state = locked[uid]
+            status = MetricStatus(state.status or 0)
+            stored = StoredRows(uid=uid, status=status)
+            results.append(stored)
+            if status not in DATA_ACCEPTING_STATUSES:
+                stored.dropped_metric_error = len(samples)
+                continue
+            last_seconds = (
+                to_epoch_seconds(state.last_timestamp) if state.last_timestamp is not None else None
+            )
+            accepted, stored.dropped_out_of_order, stored.dropped_duplicate = scrub(
+                samples, last_seconds
+            )
+            if not accepted:
+                continue
+            next_rowid = (state.last_rowid or 0) + 1
+            rows = [
+                (rowid, to_datetime(seconds), value)
+                for rowid, (seconds, value) in enumerate(accepted, next_rowid)
+            ]
+            stored.rows = rows
+            new_last_rowids[uid] = rows[-1][0]
+            rows_to_insert.extend((uid, rowid, ts, value) for rowid, ts, value in rows)
+        if new_last_rowids:
+            queries.set_last_rowids(conn, new_last_rowids)
+            queries.insert_metric_data_rows(conn, rows_to_insert)
+        return results
+
+    def rows_committed(self, stored: list[StoredRows]) -> None:
+        """Hand rows that are now durable to the hook (forwarding to models, activation)."""
+        if self.on_rows_stored is not None and stored:
+            self.on_rows_stored(stored)
+
+
+def ensure_custom_metrics(
+    engine: sa.Engine, names: Iterable[str], known: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """uids of custom metrics by name, creating the missing ones (UNMONITORED).
+
+    `known` is the caller's cache; names in it are not looked up. Returns ({name: uid} for every
+    name, names created here). Creation is race-safe across processes: it runs under the
+    ``metrics`` lock row and re-checks each name first.
+    """
+    wanted = set(names)
+    uids = {name: known[name] for name in wanted if name in known}
+    unknown = wanted - uids.keys()
+    created: list[str] = []
+    if not unknown:
+        return uids, created
+    with engine.connect() as conn:
+        uids.update(queries.get_custom_metric_uids(conn, unknown))
+        conn.rollback()
+    unknown -= uids.keys()
+    if unknown:
+        with engine.begin() as conn:
+            for name in sorted(unknown):
+                uid, was_created = queries.create_custom_metric(conn, name)
+                uids[name] = uid
+                if was_created:
+                    created.append(name)
+    return uids, created

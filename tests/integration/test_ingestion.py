@@ -1,0 +1,277 @@
+"""Graphite lines -> metric_listener -> data queue -> metric_storer -> MySQL, under supervisord.
+
+Real MariaDB, RabbitMQ and supervisord (the project's config); counters are read from the running
+services' Prometheus endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from htmengine.bus import MessageBus, rejected_queue_name
+from htmengine.repository import MetricStatus, get_engine
+from htmengine.repository.schema import metric, metric_data
+from tests.support.app import Supervisor, TestApp, restart_rabbitmq
+
+BASE_TS = 1_370_000_000  # June 2013: historic replays are normal
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_counters(port: int) -> dict[str, float]:
+    """Prometheus text exposition of a service -> {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    counters = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            counters[key] = float(value)
+    return counters
+
+
+def counter_sum(counters: dict[str, float], name: str) -> float:
+    """Sum of a counter over all its label values."""
+    return sum(v for k, v in counters.items() if k == name or k.startswith(name + "{"))
+
+
+def stored_rows() -> dict[str, list[tuple[int, int, float]]]:
+    """{metric name: [(rowid, epoch seconds, value), ...] in rowid order}."""
+    query = (
+        sa.select(
+            metric.c.name,
+            metric_data.c.rowid,
+            sa.func.unix_timestamp(metric_data.c.timestamp),
+            metric_data.c.metric_value,
+        )
+        .select_from(metric_data.join(metric, metric.c.uid == metric_data.c.uid))
+        .order_by(metric.c.name, metric_data.c.rowid)
+    )
+    rows: dict[str, list[tuple[int, int, float]]] = {}
+    with get_engine().connect() as conn:
+        for name, rowid, ts, value in conn.execute(query):
+            rows.setdefault(name, []).append((rowid, int(ts), value))
+    return rows
+
+
+def row_count() -> int:
+    with get_engine().connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(metric_data)).scalar_one()
+
+
+def send_tcp(port: int, payload: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)  # wait for the listener to close: everything was read
+
+
+@pytest.fixture
+def ingestion(clean_db: TestApp, supervisor_factory) -> Iterator[tuple[TestApp, Supervisor]]:
+    """Listener and storer under supervisord, on empty tables and an empty data queue."""
+    app = clean_db
+    with MessageBus() as bus:
+        bus.declare_queue(app.data_queue)
+        bus.purge_queue(app.data_queue)
+        bus.declare_queue(rejected_queue_name(app.data_queue))
+        bus.purge_queue(rejected_queue_name(app.data_queue))
+    supervisor = supervisor_factory(["metric_listener", "metric_storer"])
+    wait_until(lambda: _metrics_up(app), 30, "the services' /metrics endpoints")
+    yield app, supervisor
+
+
+def _metrics_up(app: TestApp) -> bool:
+    try:
+        read_counters(app.ports["listener_metrics"])
+        read_counters(app.ports["storer_metrics"])
+    except OSError:
+        return False
+    return True
+
+
+def test_tcp_lines_with_malformed_ones_are_stored_exactly(ingestion) -> None:
+    app, supervisor = ingestion
+    rng = random.Random(4)
+    malformed = [
+        b"no.value.or.timestamp",
+        b"too many fields 1 2",
+        b"bad.value abc 1370000000",
+        b"nan.value nan 1370000000",
+        b"bad.ts 1.0 yesterday",
+        b"future.ts 1.0 4102444800",
+        b"negative.ts 1.0 -5",
+        b"x" * 256 + b" 1.0 1370000000",
+        b"ctl\x01name 1.0 1370000000",
+        b"bad.utf8.\xff 1.0 1370000000",
+    ]
+    expected: dict[str, list[tuple[int, float]]] = {f"ingest.m{i}": [] for i in range(10)}
+    lines: list[bytes] = []
+    bad = 0
+    for i in range(10_000):
+        if i % 100 == 50:
+            lines.append(malformed[bad % len(malformed)])
+            bad += 1
+            continue
+        name = f"ingest.m{i % 10}"
+        ts = BASE_TS + i
+        value = round(rng.uniform(-1e6, 1e6), 3)
+        expected[name].append((ts, value))
+        # Fractional timestamps are stored as whole seconds.
+        ts_text = f"{ts}.25" if i % 7 == 0 else str(ts)
+        lines.append(f"{name} {value} {ts_text}".encode())
+    send_tcp(app.ports["plaintext"], b"\n".join(lines) + b"\n")
+    good = 10_000 - bad
+
+    wait_until(lambda: row_count() == good, 60, f"{good} rows")
+    rows = stored_rows()
+    assert sorted(rows) == sorted(expected)
+    for name, samples in expected.items():
+        assert [(rowid, ts, value) for rowid, ts, value in rows[name]] == [
+            (rowid, ts, value) for rowid, (ts, value) in enumerate(samples, 1)
+        ]
+    with get_engine().connect() as conn:
+        metrics = conn.execute(sa.select(metric.c.name, metric.c.status, metric.c.last_rowid))
+        for name, status, last_rowid in metrics:
+            assert status == MetricStatus.UNMONITORED
+            assert last_rowid == len(expected[name])
+    listener = read_counters(app.ports["listener_metrics"])
+    assert counter_sum(listener, "htmengine_listener_lines_rejected_total") == bad
+    assert listener["htmengine_listener_lines_published_total"] == good
+    storer = read_counters(app.ports["storer_metrics"])
+    assert storer["htmengine_storer_samples_stored_total"] == good
+    assert counter_sum(storer, "htmengine_storer_samples_dropped_total") == 0
+
+
+def test_direct_messages_are_stored_and_non_json_is_dead_lettered(ingestion) -> None:
+    app, _ = ingestion
+    bodies = [
+        json.dumps({"protocol": "plain", "data": ["cpu_percent 12.5 1434174392"]}).encode(),
+        json.dumps({"protocol": "plain", "data": ["cpu_percent 13.5 1434174692"]}).encode(),
+        b"this is not json",
+        json.dumps({"protocol": "pickle", "data": ["cpu_percent 1 1434174992"]}).encode(),
+        json.dumps({"data": ["cpu_percent 1 1434174992"]}).encode(),
+        json.dumps(
+            {"protocol": "plain", "data": ["cpu_percent 14.5 1434174992", "garbage", "mem 1 2"]}
+        ).encode(),
+    ]
+    with MessageBus() as bus:
+        for body in bodies:
+            bus.publish(app.data_queue, body)
+        wait_until(lambda: row_count() == 4, 30, "4 rows")
+        dead: list[tuple[bytes, str]] = []
+
+        def collect_dead_letters() -> bool:
+            while (message := bus.get(rejected_queue_name(app.data_queue))) is not None:
+                dead.append((message.body, message.headers.get("x-rejected-reason")))
+                message.ack()
+            return len(dead) >= 3
+
+        wait_until(collect_dead_letters, 30, "3 dead letters")
+    assert stored_rows() == {
+        "cpu_percent": [(1, 1434174392, 12.5), (2, 1434174692, 13.5), (3, 1434174992, 14.5)],
+        "mem": [(1, 2, 1.0)],
+    }
+    assert dead == [
+        (bodies[2], "not JSON"),
+        (bodies[3], "unknown protocol 'pickle'"),
+        (bodies[4], "no protocol"),
+    ]
+    storer = read_counters(app.ports["storer_metrics"])
+    assert storer["htmengine_storer_lines_bad_total"] == 1
+    assert counter_sum(storer, "htmengine_storer_messages_rejected_total") == 3
+
+
+def test_out_of_order_and_duplicate_timestamps_are_dropped_and_counted(ingestion) -> None:
+    app, _ = ingestion
+    first = [f"order.m 1 {BASE_TS + t}" for t in (10, 20, 30)]
+    # 25 is older than 30, 30 repeats, 30.9 is the same second, 40 is new, 35 is older again.
+    second = [
+        f"order.m 2 {BASE_TS + t}{fraction}"
+        for t, fraction in ((25, ""), (30, ""), (30, ".9"), (40, ""), (35, ""), (50, ""))
+    ]
+    send_tcp(app.ports["plaintext"], "\n".join(first).encode() + b"\n")
+    wait_until(lambda: row_count() == 3, 30, "3 rows")
+    send_tcp(app.ports["plaintext"], "\n".join(second).encode() + b"\n")
+    wait_until(lambda: row_count() == 5, 30, "5 rows")
+
+    def dropped() -> dict[str, float]:
+        counters = read_counters(app.ports["storer_metrics"])
+        return {
+            reason: counters.get(f'htmengine_storer_samples_dropped_total{{reason="{reason}"}}', 0)
+            for reason in ("out_of_order", "duplicate")
+        }
+
+    wait_until(lambda: sum(dropped().values()) == 4, 10, "4 drops counted")
+    assert dropped() == {"out_of_order": 2, "duplicate": 2}
+    assert [(rowid, ts - BASE_TS) for rowid, ts, _ in stored_rows()["order.m"]] == [
+        (1, 10),
+        (2, 20),
+        (3, 30),
+        (4, 40),
+        (5, 50),
+    ]
+
+
+def _stream(port: int, lines: list[bytes], chunk: int, pause: float) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        for start in range(0, len(lines), chunk):
+            sock.sendall(b"".join(lines[start : start + chunk]))
+            time.sleep(pause)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)
+
+
+def test_sigkill_of_the_storer_mid_stream_stores_every_line_once(ingestion) -> None:
+    app, supervisor = ingestion
+    lines = [b"kill.m%d %d %d\n" % (i % 20, i, BASE_TS + i) for i in range(50_000)]
+    sender = threading.Thread(target=_stream, args=(app.ports["plaintext"], lines, 1000, 0.02))
+    sender.start()
+    wait_until(lambda: row_count() >= 5_000, 60, "the first rows")
+    old_pid = supervisor.kill("metric_storer")
+    supervisor.wait_restarted("metric_storer", old_pid)
+    sender.join()
+    wait_until(lambda: row_count() >= 50_000, 120, "50,000 rows")
+    time.sleep(1.0)  # a duplicate would arrive now, if redelivery stored anything twice
+    rows = stored_rows()
+    assert sum(len(r) for r in rows.values()) == 50_000
+    for i in range(20):
+        expected = [(n + 1, BASE_TS + ts) for n, ts in enumerate(range(i, 50_000, 20))]
+        assert [(rowid, ts) for rowid, ts, _ in rows[f"kill.m{i}"]] == expected
+
+
+def test_listener_and_storer_survive_a_rabbitmq_restart(ingestion) -> None:
+    app, supervisor = ingestion
+    port = app.ports["plaintext"]
+    before = [b"restart.m %d %d\n" % (i, BASE_TS + i) for i in range(5_000)]
+    send_tcp(port, b"".join(before))
+    wait_until(lambda: row_count() == 5_000, 60, "rows sent before the restart")
+    pids = {name: supervisor.pid(name) for name in ("metric_listener", "metric_storer")}
+
+    lines = [b"restart.m %d %d\n" % (i, BASE_TS + i) for i in range(5_000, 20_000)]
+    sender = threading.Thread(target=_stream, args=(port, lines, 500, 0.05))
+    sender.start()
+    time.sleep(0.5)
+    restart_rabbitmq()
+    sender.join()
+    after = [b"restart.m %d %d\n" % (i, BASE_TS + i) for i in range(20_000, 21_000)]
+    send_tcp(port, b"".join(after))
+
+    wait_until(lambda: row_count() == 21_000, 180, "every accepted line stored")
+    assert {name: supervisor.pid(name) for name in pids} == pids, "a service restarted"
+    rows = stored_rows()["restart.m"]
+    assert [(rowid, ts - BASE_TS) for rowid, ts, _ in rows] == [(i + 1, i) for i in range(21_000)]
