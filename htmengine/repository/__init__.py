@@ -60,7 +60,10 @@ def create_engine(url: sa.URL, **kwargs) -> sa.Engine:
     """A new engine with the session settings every htmengine connection relies on.
 
     Sessions run in UTC (``UNIX_TIMESTAMP``/``NOW`` agree with the naive-UTC DATETIME columns) and
-    in strict mode (an overlong name is an error, never silently truncated).
+    in strict mode (an overlong name is an error, never silently truncated). Transactions are
+    READ COMMITTED rather than InnoDB's REPEATABLE READ: every plain read sees what was committed
+    before it, so a re-check after taking a lock (metric creation, row allocation) cannot miss a
+    concurrent commit because of an older snapshot, and no gap locks are taken.
     """
     connect_args = {
         "init_command": "SET time_zone = '+00:00', "
@@ -71,6 +74,7 @@ def create_engine(url: sa.URL, **kwargs) -> sa.Engine:
         url,
         pool_pre_ping=True,
         pool_recycle=POOL_RECYCLE_SEC,
+        isolation_level="READ COMMITTED",
         connect_args=connect_args,
         **kwargs,
     )

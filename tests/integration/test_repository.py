@@ -432,3 +432,12 @@ def test_metric_ids_sorted_by_display_value(engine: sa.Engine) -> None:
         # 24 samples 5 minutes apart span 2 hours: buckets of 5 minutes over the last 2 hours.
         ranked = queries.get_metric_ids_sorted_by_display_value(conn, 2)
     assert [(r.uid, r.display_value) for r in ranked] == [(busy, 2_000_000), (calm, 1000)]
+
+
+def test_recheck_under_the_lock_sees_a_metric_committed_meanwhile(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        # A plain read first: under REPEATABLE READ it would fix the snapshot here.
+        assert queries.get_custom_metrics(conn) == []
+        with engine.begin() as other:
+            other_uid, _ = queries.create_custom_metric(other, "late")
+        assert queries.create_custom_metric(conn, "late") == (other_uid, False)
