@@ -255,15 +255,30 @@ class MessageBus:
 
     # -- declarations ------------------------------------------------------------------------
 
-    def declare_queue(self, name: str, durable: bool = True, passive: bool = False) -> int:
+    def declare_queue(
+        self,
+        name: str,
+        durable: bool = True,
+        passive: bool = False,
+        *,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+    ) -> int:
         """Declare a queue and return its message count.
 
-        With `passive`, only check that it exists (MessageQueueNotFound if not).
+        With `passive`, only check that it exists (MessageQueueNotFound if not). An `exclusive`
+        queue belongs to this connection and vanishes with it (a watcher's private queue).
         """
 
         def declare() -> int:
             try:
-                frame = self._publish_ch().queue_declare(name, passive=passive, durable=durable)
+                frame = self._publish_ch().queue_declare(
+                    name,
+                    passive=passive,
+                    durable=durable,
+                    exclusive=exclusive,
+                    auto_delete=auto_delete,
+                )
             except pika.exceptions.ChannelClosedByBroker as exc:
                 raise self._on_channel_closed(exc, "queue", name) from exc
             return frame.method.message_count
