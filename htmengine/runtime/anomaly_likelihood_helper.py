@@ -110,21 +110,20 @@ class AnomalyLikelihoodHelper:
         """
         if not rows:
             return state
-        history: list[ScoredRow] | None = None
-        done: list[ScoredRow] = []
+        window = _SampleWindow(load_history, self.sample_size)
         start = 0
 
         if state is None:
-            history = list(load_history(self.sample_size))
-            needed = max(0, self.min_sample_size - len(history))
+            history_size = window.load()
+            needed = max(0, self.min_sample_size - history_size)
             if needed > len(rows):
                 for row in rows:
                     row.anomaly_score = 0.0
                 return None
             for row in rows[:needed]:
                 row.anomaly_score = 0.0
-            done.extend(rows[:needed])
-            state = self._estimate(history + done)
+                window.append(row)
+            state = self._estimate(window)
             start = needed
         else:
             state = {
@@ -137,7 +136,7 @@ class AnomalyLikelihoodHelper:
                 [row.record()], state["params"], version=self.version
             )
             row.anomaly_score = 1.0 - float(likelihood)
-            done.append(row)
+            window.append(row)
             last = state["last_rowid_for_stats"]
             due = row.rowid >= last + self.refresh_rate
             greedy = (
@@ -145,28 +144,61 @@ class AnomalyLikelihoodHelper:
                 and row.rowid > last + GREEDY_REFRESH_MIN_GAP
             )
             if due or greedy:
-                if history is None:
-                    history = list(load_history(self.sample_size))
-                state = self._estimate(history + done, fallback=state)
+                state = self._estimate(window, fallback=state)
         return state
 
     def _estimate(
-        self, samples: list[ScoredRow], fallback: dict[str, Any] | None = None
+        self, window: _SampleWindow, fallback: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """A fresh estimate from the newest sample_size samples.
 
         With too few samples (rows lost to errors or garbage collection) the current params are
         kept, but the refresh point still advances so the next rows are not each re-estimated.
         """
-        samples = samples[-self.sample_size :]
-        if len(samples) < self.min_sample_size and fallback is not None:
-            return {"last_rowid_for_stats": samples[-1].rowid, "params": fallback["params"]}
+        records = window.records()
+        if len(records) < self.min_sample_size and fallback is not None:
+            return {"last_rowid_for_stats": window.last_rowid, "params": fallback["params"]}
         _, _, params = anomaly.estimate_anomaly_likelihoods(
-            [sample.record() for sample in samples],
-            skip_records=SKIP_RECORDS,
-            version=self.version,
+            records, skip_records=SKIP_RECORDS, version=self.version
         )
-        return {"last_rowid_for_stats": samples[-1].rowid, "params": params}
+        return {"last_rowid_for_stats": window.last_rowid, "params": params}
+
+
+class _SampleWindow:
+    """The newest `size` scored samples of a metric: its stored history (loaded on first use, at
+    most once per batch) followed by the rows of the current batch scored so far."""
+
+    def __init__(self, load_history: HistoryLoader, size: int) -> None:
+        self._load_history = load_history
+        self._size = size
+        self._records: list[tuple[datetime, float, float]] | None = None
+        self._pending: list[ScoredRow] = []
+        self.last_rowid: int | None = None
+
+    def load(self) -> int:
+        """Load the stored history; returns how many samples it has."""
+        history = self._load_history(self._size)
+        self._records = [row.record() for row in history]
+        if history:
+            self.last_rowid = history[-1].rowid
+        return len(history)
+
+    def append(self, row: ScoredRow) -> None:
+        self._pending.append(row)
+        self.last_rowid = row.rowid
+
+    def records(self) -> list[tuple[datetime, float, float]]:
+        """The window as (timestamp, value, raw score) records, oldest first."""
+        if self._records is None:
+            last_rowid = self.last_rowid
+            self.load()
+            self.last_rowid = last_rowid if last_rowid is not None else self.last_rowid
+        assert self._records is not None
+        self._records.extend(row.record() for row in self._pending)
+        self._pending.clear()
+        if len(self._records) > self._size:
+            del self._records[: len(self._records) - self._size]
+        return self._records
 
 
 def rescale_for_display(anomaly_score: float) -> int:
