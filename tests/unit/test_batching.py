@@ -1,0 +1,177 @@
+"""Listener batching: size/time bounds, the bounded hand-off buffer, TCP framing, message bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from htmengine.runtime.metric_listener import (
+    OutboundBuffer,
+    PlaintextLineReceiver,
+    encode_batch,
+)
+from htmengine.runtime.plaintext_protocol import LineBatcher
+
+
+def test_full_batches_leave_at_once_and_the_rest_waits() -> None:
+    batcher = LineBatcher(max_lines=3, max_delay=0.05)
+    assert batcher.add([b"a", b"b"], now=0.0) == []
+    assert batcher.deadline == pytest.approx(0.05)
+    assert batcher.add([b"c", b"d", b"e", b"f", b"g"], now=0.01) == [
+        [b"a", b"b", b"c"],
+        [b"d", b"e", b"f"],
+    ]
+    assert len(batcher) == 1
+    # The leftover arrived at 0.01, so its deadline is 0.06, not the first line's 0.05.
+    assert batcher.deadline == pytest.approx(0.06)
+    assert batcher.take_due(0.059) == []
+    assert batcher.take_due(0.0601) == [[b"g"]]
+    assert batcher.deadline is None
+    assert batcher.take_due(10.0) == []
+
+
+def test_a_late_add_also_returns_the_overdue_batch() -> None:
+    batcher = LineBatcher(max_lines=10, max_delay=0.05)
+    batcher.add([b"a"], now=0.0)
+    assert batcher.add([b"b"], now=0.2) == [[b"a", b"b"]]
+    assert batcher.add([], now=0.3) == []
+
+
+def test_flush_empties_the_batcher() -> None:
+    batcher = LineBatcher(max_lines=10, max_delay=1.0)
+    batcher.add([b"a", b"b"], now=0.0)
+    assert batcher.flush() == [b"a", b"b"]
+    assert batcher.flush() == []
+    assert batcher.deadline is None
+
+
+def test_invalid_bounds_are_refused() -> None:
+    with pytest.raises(ValueError):
+        LineBatcher(max_lines=0, max_delay=0.05)
+    with pytest.raises(ValueError):
+        LineBatcher(max_lines=1, max_delay=-1)
+
+
+@given(
+    st.integers(min_value=1, max_value=7),
+    st.lists(st.lists(st.integers(), max_size=20), max_size=20),
+)
+def test_batches_keep_order_and_respect_the_size_bound(size: int, adds: list[list[int]]) -> None:
+    batcher = LineBatcher(max_lines=size, max_delay=1.0)
+    out: list[list[int]] = []
+    now = 0.0
+    for lines in adds:
+        now += 0.3
+        out.extend(batcher.add(lines, now))
+    out.append(batcher.flush())
+    assert all(0 < len(batch) <= size for batch in out[:-1])
+    assert [x for batch in out for x in batch] == [x for lines in adds for x in lines]
+
+
+def test_buffer_reports_full_and_calls_back_when_half_drained() -> None:
+    drained = threading.Event()
+    buffer = OutboundBuffer(max_lines=10, on_drained=drained.set)
+    assert buffer.put([b"x"] * 4) is False
+    assert buffer.put([b"x"] * 6) is True
+    assert buffer.full
+    first = buffer.get(timeout=0)
+    second = buffer.get(timeout=0)
+    assert buffer.get(timeout=0) is None
+    # Taking a batch does not free room: only the broker's confirm does.
+    assert buffer.lines == 10
+    buffer.done(first)
+    assert not drained.is_set()  # 6 lines left > half of 10
+    buffer.done(second)
+    assert drained.is_set()
+    assert buffer.lines == 0
+
+
+def test_buffer_get_wakes_up_on_put() -> None:
+    buffer = OutboundBuffer(max_lines=10)
+    got: list = []
+    consumer = threading.Thread(target=lambda: got.append(buffer.get(timeout=5)))
+    consumer.start()
+    buffer.put([b"a"])
+    consumer.join(timeout=5)
+    assert got == [[b"a"]]
+
+
+def test_encode_batch_uses_the_original_body() -> None:
+    body = encode_batch([b"cpu 1 2", b'we"ird\\name 3 4', "caf\u00e9 5 6".encode()])
+    assert json.loads(body) == {
+        "protocol": "plain",
+        "data": ["cpu 1 2", 'we"ird\\name 3 4', "caf\u00e9 5 6"],
+    }
+
+
+class RecordingIngest:
+    """Stands in for the listener's Ingest: records what framing hands over."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.settings = SimpleNamespace(max_line_bytes=max_line_bytes)
+        self.loop = asyncio.new_event_loop()
+        self.lines: list[bytes] = []
+        self.overlong: list[bytes] = []
+
+    def accept(self, lines: list[bytes]) -> None:
+        self.lines.extend(lines)
+
+    def reject_overlong(self, head: bytes) -> None:
+        self.overlong.append(head)
+
+    def register(self, receiver) -> bool:
+        return True
+
+    def unregister(self, receiver) -> None:
+        pass
+
+
+def _feed(chunks: list[bytes], max_line_bytes: int = 16) -> RecordingIngest:
+    ingest = RecordingIngest(max_line_bytes)
+    receiver = PlaintextLineReceiver(ingest)  # type: ignore[arg-type]
+    receiver.connection_made(SimpleNamespace(close=lambda: None))  # type: ignore[arg-type]
+    for chunk in chunks:
+        receiver.data_received(chunk)
+    receiver.eof_received()
+    receiver.connection_lost(None)
+    ingest.loop.close()
+    return ingest
+
+
+def test_framing_joins_lines_split_across_chunks_and_keeps_the_last_unterminated_line() -> None:
+    ingest = _feed([b"a 1 2\nb 3", b" 4\nc", b" 5 6\nlast 7 8"])
+    assert ingest.lines == [b"a 1 2", b"b 3 4", b"c 5 6", b"last 7 8"]
+    assert ingest.overlong == []
+
+
+def test_framing_skips_an_overlong_line_up_to_the_next_newline() -> None:
+    ingest = _feed([b"ok 1 2\n" + b"x" * 20, b"y" * 30, b"zz\nnext 3 4\n"])
+    assert ingest.lines == [b"ok 1 2", b"next 3 4"]
+    assert len(ingest.overlong) == 1
+
+
+def test_framing_does_not_deliver_an_overlong_tail_at_eof() -> None:
+    ingest = _feed([b"ok 1 2\n" + b"x" * 40])
+    assert ingest.lines == [b"ok 1 2"]
+    assert len(ingest.overlong) == 1
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(min_value=1, max_value=40), max_size=20))
+def test_framing_is_independent_of_chunk_boundaries(data: bytes, cuts: list[int]) -> None:
+    chunks, start = [], 0
+    for cut in cuts:
+        chunks.append(data[start : start + cut])
+        start += cut
+    chunks.append(data[start:])
+    whole = _feed([data], max_line_bytes=1000).lines
+    assert _feed(chunks, max_line_bytes=1000).lines == whole
+    expected = data.split(b"\n")
+    if expected and expected[-1] == b"":
+        expected.pop()
+    assert whole == expected
