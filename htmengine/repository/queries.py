@@ -542,3 +542,51 @@ def insert_metric_data_rows(
             "INSERT INTO metric_data (uid, rowid, timestamp, metric_value) VALUES (%s, %s, %s, %s)",
             rows,
         )
+
+
+# --- cli (htmengine command line) ---
+
+
+def get_metric_summaries(conn: Connection) -> list[Row]:
+    """Every custom metric with its row count, newest timestamp and newest anomaly score.
+
+    Columns: uid, name, status, message, row_count, last_timestamp, last_anomaly_score (of the
+    newest row that has one); ordered by name.
+    """
+    stats = (
+        sa.select(
+            metric_data.c.uid,
+            sa.func.count().label("row_count"),
+            sa.func.max(metric_data.c.timestamp).label("last_timestamp"),
+        )
+        .group_by(metric_data.c.uid)
+        .subquery()
+    )
+    newest_score = (
+        sa.select(metric_data.c.anomaly_score)
+        .where(metric_data.c.uid == metric.c.uid, metric_data.c.anomaly_score.is_not(None))
+        .order_by(metric_data.c.rowid.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = (
+        sa.select(
+            metric.c.uid,
+            metric.c.name,
+            metric.c.status,
+            metric.c.message,
+            sa.func.coalesce(stats.c.row_count, 0).label("row_count"),
+            stats.c.last_timestamp,
+            newest_score.label("last_anomaly_score"),
+        )
+        .select_from(metric.outerjoin(stats, stats.c.uid == metric.c.uid))
+        .where(metric.c.datasource == CUSTOM_DATASOURCE)
+        .order_by(metric.c.name)
+    )
+    return list(conn.execute(query))
+
+
+def count_metrics_by_status(conn: Connection) -> dict[int, int]:
+    """{status: number of metrics} over all metrics."""
+    query = sa.select(metric.c.status, sa.func.count()).group_by(metric.c.status)
+    return {status: count for status, count in conn.execute(query)}
