@@ -158,6 +158,7 @@ class MessageBus:
         self._publish_channel: BlockingChannel | None = None
         self._batch_channel: BlockingChannel | None = None
         self._consume_channel: BlockingChannel | None = None
+        self._consumers: dict[str, _Consumer] = {}  # active consumers of the consume channel
         self._returned: list[bytes] = []
         self._closed = False
 
@@ -223,8 +224,16 @@ class MessageBus:
     def _consume_ch(self) -> BlockingChannel:
         connection = self._ensure_connection()
         if self._consume_channel is None or not self._consume_channel.is_open:
-            self._consume_channel = connection.channel()
+            channel = connection.channel()
+            channel.add_on_cancel_callback(self._on_broker_cancel)
+            self._consumers = {}
+            self._consume_channel = channel
         return self._consume_channel
+
+    def _on_broker_cancel(self, frame) -> None:
+        consumer = self._consumers.get(frame.method.consumer_tag)
+        if consumer is not None:
+            consumer.cancelled_by_broker = True
 
     def _retrying(self, operation: Callable[[], T], what: str) -> T:
         """Run `operation`, reconnecting with backoff while the broker is unreachable."""
@@ -524,21 +533,21 @@ class MessageBus:
         def on_message(ch, method, properties, body) -> None:
             consumer.pending.append(self._message(ch, queue, method, properties, body))
 
-        def on_cancel(_frame) -> None:
-            consumer.cancelled_by_broker = True
-
         try:
             channel.basic_qos(prefetch_count=prefetch)
             consumer.tag = channel.basic_consume(queue, on_message, auto_ack=False)
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise self._on_channel_closed(exc, "queue", queue) from exc
-        channel.add_on_cancel_callback(on_cancel)
+        self._consumers[consumer.tag] = consumer
         return consumer
 
     def _stop_consumer(self, consumer: _Consumer) -> None:
         """Cancel a consumer on a live channel; prefetched, unyielded messages go back."""
         channel = consumer.channel
-        if consumer.cancelled_by_broker or channel is not self._consume_channel:
+        if channel is not self._consume_channel:
+            return
+        self._consumers.pop(consumer.tag, None)
+        if consumer.cancelled_by_broker:
             return
         if not channel.is_open:
             return

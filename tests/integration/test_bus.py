@@ -156,6 +156,25 @@ def test_consumer_ends_when_its_queue_is_deleted(app, bus: MessageBus, queue: st
     assert list(consumer) in ([], [None])
 
 
+def test_deleting_one_queue_ends_only_its_consumer(app, bus: MessageBus, queue: str) -> None:
+    other_queue = queue + ".other"
+    bus.declare_queue(other_queue)
+    try:
+        doomed = bus.consume(queue, inactivity_timeout=0.2)
+        survivor = bus.consume(other_queue, inactivity_timeout=0.2)
+        assert next(doomed) is None
+        assert next(survivor) is None
+        with MessageBus() as other:
+            other.delete_queue(queue)
+            other.publish(other_queue, b"still here")
+        assert list(doomed) in ([], [None])
+        message = next(m for m in _bounded(survivor) if m is not None)
+        assert message.body == b"still here"
+        assert message.ack()
+    finally:
+        bus.delete_queue(other_queue)
+
+
 def test_fanout_exchange_reaches_every_bound_queue(app, bus: MessageBus, queue: str) -> None:
     exchange = queue + ".exchange"
     second = queue + ".second"
