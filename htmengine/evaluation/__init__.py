@@ -1,0 +1,1 @@
+"""Offline evaluation of anomaly detectors (NAB). Reads benchmark files; not used by the services."""
