@@ -30,7 +30,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from htmengine import exceptions
@@ -132,6 +132,7 @@ class ServeReport:
     incremental_saves: int = 0
     incremental_save_bytes: int = 0
     save_ms: float = 0.0
+    batch_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,8 +175,16 @@ class ModelRunner:
 
     # --- serving ----------------------------------------------------------------------------------
 
-    def serve(self, model_id: str, should_stop: Callable[[], bool]) -> ServeReport:
-        """Run the model until its queue is empty, it is deleted, or `should_stop()` says so."""
+    def serve(
+        self,
+        model_id: str,
+        should_stop: Callable[[], bool],
+        should_yield: Callable[[], bool] | None = None,
+    ) -> ServeReport:
+        """Run the model until its queue is empty or it is deleted; `should_stop()` (checked after
+        each batch) ends it after the current batch, `should_yield()` (checked after each run)
+        after the current run."""
+        should_yield = should_yield if should_yield is not None else should_stop
         report = ServeReport(model_id)
         with self.checkpoints.model_lock(model_id):
             session = _Session(model_id)
@@ -189,7 +198,7 @@ class ModelRunner:
                 if drained:
                     report.drained = True
                     break
-                if should_stop():
+                if should_yield():
                     break
         return report
 
@@ -227,9 +236,12 @@ class ModelRunner:
                         "skipping batch %s of model %s: already processed", batch.batchID, model_id
                     )
                     continue
+                started, load_ms = time.perf_counter(), report.load_ms
                 results = self._process_batch(session, batch, run_rows, run_batch_ids, report)
                 if results:
                     self.swapper.submitResults(model_id, results)
+                load_sec = (report.load_ms - load_ms) / 1000.0
+                report.batch_seconds.append(time.perf_counter() - started - load_sec)
                 run_batch_ids.append(batch.batchID)
                 report.batches += 1
                 requests += len(batch.objects)
