@@ -22,6 +22,12 @@ from htmengine.repository import build_url, create_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
+# Revisions of the original htmengine's own migration chain (oldest first); a database at its
+# last one has the schema of our first revision, apart from charset and three column widths.
+ORIGINAL_REVISIONS = ("57ab75d58038", "1d2eddc43366", "872a895b8e8", "315d6ad6c19f")
+ORIGINAL_HEAD_REVISION = ORIGINAL_REVISIONS[-1]
+ADOPTED_ORIGINAL_REVISION = "0001"
+
 # Database names we are willing to put into DDL (identifiers cannot be bound parameters).
 _DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 
@@ -71,14 +77,66 @@ def drop_database(config: Config | None = None) -> None:
         engine.dispose()
 
 
+def _stored_revision(conn: sa.Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
+def _adopt_original_schema(conn: sa.Connection, stored: str) -> None:
+    """Bring a database migrated by the original htmengine to our revision 0001 in place.
+
+    Converts the four tables to utf8mb4 with binary collation, widens metric.server,
+    metric.description and instance_status_history.server as in our schema, and re-stamps the
+    Alembic version. Data is kept. Only the original's last revision is accepted.
+    """
+    if stored != ORIGINAL_HEAD_REVISION:
+        raise RuntimeError(
+            f"the database is at revision {stored} of the original htmengine migrations; "
+            f"run those up to {ORIGINAL_HEAD_REVISION} first, then run this upgrade again"
+        )
+    # The foreign key joins two columns whose charset changes: drop it, convert, re-create it.
+    conn.exec_driver_sql("ALTER TABLE metric_data DROP FOREIGN KEY metric_data_to_metric_fk")
+    for table in ("metric", "metric_data", "`lock`", "instance_status_history"):
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table} ROW_FORMAT=DYNAMIC, "
+            "CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
+    conn.exec_driver_sql(
+        "ALTER TABLE metric_data ADD CONSTRAINT metric_data_to_metric_fk FOREIGN KEY (uid) "
+        "REFERENCES metric (uid) ON DELETE CASCADE ON UPDATE CASCADE"
+    )
+    # CONVERT turned TEXT into MEDIUMTEXT (to keep the byte capacity); ours are TEXT.
+    conn.exec_driver_sql(
+        "ALTER TABLE metric MODIFY description VARCHAR(300) NULL, MODIFY server VARCHAR(255) NULL, "
+        "MODIFY parameters TEXT NULL, MODIFY message TEXT NULL, "
+        "MODIFY collector_error TEXT NULL, MODIFY model_params TEXT NULL"
+    )
+    conn.exec_driver_sql("ALTER TABLE metric_data MODIFY multi_step_best_predictions TEXT NULL")
+    conn.exec_driver_sql(
+        "ALTER TABLE instance_status_history MODIFY server VARCHAR(255) NOT NULL DEFAULT ''"
+    )
+    conn.exec_driver_sql(
+        "UPDATE alembic_version SET version_num = %s", (ADOPTED_ORIGINAL_REVISION,)
+    )
+
+
 def upgrade(config: Config | None = None, revision: str = "head") -> None:
-    """Create the configured database if it is missing, then run the migrations up to `revision`."""
+    """Create the configured database if it is missing, then run the migrations up to `revision`.
+
+    A database created by the original htmengine (Alembic revisions of its own chain) is first
+    converted in place to our first revision; see _adopt_original_schema.
+    """
     config = config if config is not None else get_app_config()
     create_database(config)
     url = build_url(config)
     alembic_config = _alembic_config(url)
     engine = create_engine(url, poolclass=NullPool)
     try:
+        with engine.begin() as conn:
+            stored = _stored_revision(conn)
+            if stored in ORIGINAL_REVISIONS:
+                _adopt_original_schema(conn, stored)
         with engine.begin() as conn:
             alembic_config.attributes["connection"] = conn
             command.upgrade(alembic_config, revision)
@@ -97,10 +155,7 @@ def current_revision(config: Config | None = None) -> str | None:
     engine = create_engine(build_url(config), poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            has_table = sa.inspect(conn).has_table("alembic_version")
-            if not has_table:
-                return None
-            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            return _stored_revision(conn)
     finally:
         engine.dispose()
 

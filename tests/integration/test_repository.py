@@ -441,3 +441,79 @@ def test_recheck_under_the_lock_sees_a_metric_committed_meanwhile(engine: sa.Eng
         with engine.begin() as other:
             other_uid, _ = queries.create_custom_metric(other, "late")
         assert queries.create_custom_metric(conn, "late") == (other_uid, False)
+
+
+# The original htmengine's schema after its last migration (as MySQL 5.x created it: latin1).
+ORIGINAL_DDL = [
+    "CREATE TABLE metric (uid VARCHAR(40) NOT NULL, datasource VARCHAR(100), name VARCHAR(255), "
+    "description VARCHAR(200), server VARCHAR(100), location VARCHAR(200), parameters TEXT, "
+    "status INTEGER DEFAULT 0, message TEXT, collector_error TEXT, "
+    "last_timestamp DATETIME NULL DEFAULT NULL, poll_interval INTEGER DEFAULT 60, "
+    "tag_name VARCHAR(200), model_params TEXT, last_rowid INTEGER, PRIMARY KEY (uid), "
+    "KEY datasource_idx (datasource), KEY location_idx (location), KEY server_idx (server)) "
+    "ENGINE=InnoDB DEFAULT CHARSET=latin1",
+    "CREATE TABLE metric_data (uid VARCHAR(40) NOT NULL DEFAULT '', "
+    "rowid INTEGER NOT NULL DEFAULT 0, timestamp DATETIME NOT NULL, metric_value DOUBLE NOT NULL, "
+    "raw_anomaly_score DOUBLE, anomaly_score DOUBLE, display_value INTEGER, "
+    "multi_step_best_predictions TEXT, PRIMARY KEY (uid, rowid), KEY timestamp_idx (timestamp), "
+    "KEY anomaly_score_idx (anomaly_score), CONSTRAINT metric_data_to_metric_fk FOREIGN KEY (uid) "
+    "REFERENCES metric (uid) ON DELETE CASCADE ON UPDATE CASCADE) "
+    "ENGINE=InnoDB DEFAULT CHARSET=latin1",
+    "CREATE TABLE `lock` (name VARCHAR(40) NOT NULL, PRIMARY KEY (name)) "
+    "ENGINE=InnoDB DEFAULT CHARSET=latin1",
+    "INSERT INTO `lock` VALUES ('metrics')",
+    "CREATE TABLE instance_status_history (server VARCHAR(100) NOT NULL DEFAULT '', "
+    "timestamp DATETIME NOT NULL, status VARCHAR(32) DEFAULT '', PRIMARY KEY (server, timestamp)) "
+    "ENGINE=InnoDB DEFAULT CHARSET=latin1",
+    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, PRIMARY KEY (version_num))",
+    "INSERT INTO alembic_version VALUES ('315d6ad6c19f')",
+    "INSERT INTO metric (uid, datasource, name, description, server, location, status, "
+    "poll_interval, last_rowid) VALUES ('u1', 'custom', 'old.metric', 'Custom metric old.metric', "
+    "'old.metric', '', 0, 300, 1)",
+    "INSERT INTO metric_data (uid, rowid, timestamp, metric_value) "
+    "VALUES ('u1', 1, '2015-06-13 05:46:32', 12.5)",
+]
+
+
+def test_upgrade_adopts_a_database_of_the_original_htmengine(app, monkeypatch) -> None:
+    monkeypatch.setenv("_NTA_UTILS_CONFIG__APPLICATION__REPOSITORY__DB", app.db_name + "_orig")
+    migrate.drop_database()
+    migrate.create_database()
+    engine = sa.create_engine(migrate.build_url(), poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            for statement in ORIGINAL_DDL:
+                conn.exec_driver_sql(statement)
+
+        migrate.upgrade()
+
+        assert migrate.current_revision() == "0001"
+        inspector = sa.inspect(engine)
+        for table, expected in EXPECTED_COLUMNS.items():
+            columns = [
+                (c["name"], _type_name(c["type"]), c["nullable"], _default(c["default"]))
+                for c in inspector.get_columns(table)
+            ]
+            assert columns == expected, table
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            collations = conn.exec_driver_sql(
+                "SELECT DISTINCT collation_name FROM information_schema.columns "
+                "WHERE table_schema = DATABASE() AND table_name <> 'alembic_version' "
+                "AND collation_name IS NOT NULL"
+            ).scalars()
+            assert list(collations) == ["utf8mb4_bin"]
+            assert queries.get_custom_metric_by_name(conn, "old.metric").uid == "u1"
+            (row,) = queries.get_metric_data(conn, "u1")
+        assert (row.rowid, row.timestamp, row.metric_value) == (
+            1,
+            datetime.datetime(2015, 6, 13, 5, 46, 32),
+            12.5,
+        )
+        with engine.begin() as conn:
+            long_name = "n" * 255
+            uid, _ = queries.create_custom_metric(conn, long_name)
+            assert queries.get_metric(conn, uid).server == long_name
+    finally:
+        engine.dispose()
+        migrate.drop_database()
