@@ -18,6 +18,11 @@ Delivery semantics: at-least-once.
   on a message whose connection or channel is gone does not raise: it logs and returns False,
   since the broker has already requeued the message. Consumers must therefore be idempotent.
 
+Throughput on the 2-core development machine (persistent messages, loaded machine): ``publish``
+~400-2000 msg/s (one confirm round trip and broker fsync each); ``publish_many`` of 100 messages
+~5,000-12,000 msg/s; consume with prefetch 50 and one ack per message ~5,000-15,000 msg/s. Batch
+rows into fewer, larger messages, or use ``publish_many``, where throughput matters.
+
 Connection loss (broker restart, network error) is retried with exponential backoff (0.05 s
 doubling up to 2 s) for up to ``reconnect_timeout`` seconds per operation; ``consume`` rebuilds
 its consumer on a new connection and keeps yielding.
