@@ -35,6 +35,7 @@ from typing import Any
 
 from htmengine.config import Config
 from htmengine.htm import anomaly
+from htmengine.htm.params import DEFAULT_VERSION
 
 # Rows of the model's first day (5-minute samples) left out of estimates: it is still learning.
 SKIP_RECORDS = 288
@@ -72,7 +73,6 @@ class AnomalyLikelihoodHelper:
         min_sample_size: int = 100,
         refresh_rate: int = 24,
         sample_size: int = 8640,
-        version: str = "0.5.6",
     ) -> None:
         if not 0 < min_sample_size <= sample_size:
             raise ValueError(
@@ -84,16 +84,14 @@ class AnomalyLikelihoodHelper:
         self.min_sample_size = min_sample_size
         self.refresh_rate = refresh_rate
         self.sample_size = sample_size
-        self.version = version
 
     @classmethod
-    def from_config(cls, config: Config, version: str = "0.5.6") -> AnomalyLikelihoodHelper:
+    def from_config(cls, config: Config) -> AnomalyLikelihoodHelper:
         """Settings of application.conf [anomaly_likelihood]."""
         return cls(
             min_sample_size=config.getint("anomaly_likelihood", "statistics_min_sample_size"),
             refresh_rate=config.getint("anomaly_likelihood", "statistics_refresh_rate"),
             sample_size=config.getint("anomaly_likelihood", "statistics_sample_size"),
-            version=version,
         )
 
     def update_scores(
@@ -101,8 +99,12 @@ class AnomalyLikelihoodHelper:
         rows: Sequence[ScoredRow],
         state: dict[str, Any] | None,
         load_history: HistoryLoader,
+        version: str = DEFAULT_VERSION,
     ) -> dict[str, Any] | None:
         """Set ``anomaly_score`` on `rows` (ascending rowid, the next rows after `state`).
+
+        `version` is the model's parameter generation (``modelConfig["nupicVersion"]``): the
+        likelihood's tail function differs between them.
 
         Returns the new state (None while the metric has fewer than min_sample_size scored rows).
         `state` is not modified. `load_history` is called at most once, and only when the batch
@@ -123,7 +125,7 @@ class AnomalyLikelihoodHelper:
             for row in rows[:needed]:
                 row.anomaly_score = 0.0
                 window.append(row)
-            state = self._estimate(window)
+            state = self._estimate(window, version)
             start = needed
         else:
             state = {
@@ -133,7 +135,7 @@ class AnomalyLikelihoodHelper:
 
         for row in rows[start:]:
             (likelihood,), _, state["params"] = anomaly.update_anomaly_likelihoods(
-                [row.record()], state["params"], version=self.version
+                [row.record()], state["params"], version=version
             )
             row.anomaly_score = 1.0 - float(likelihood)
             window.append(row)
@@ -144,11 +146,11 @@ class AnomalyLikelihoodHelper:
                 and row.rowid > last + GREEDY_REFRESH_MIN_GAP
             )
             if due or greedy:
-                state = self._estimate(window, fallback=state)
+                state = self._estimate(window, version, fallback=state)
         return state
 
     def _estimate(
-        self, window: _SampleWindow, fallback: dict[str, Any] | None = None
+        self, window: _SampleWindow, version: str, fallback: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """A fresh estimate from the newest sample_size samples.
 
@@ -159,7 +161,7 @@ class AnomalyLikelihoodHelper:
         if len(records) < self.min_sample_size and fallback is not None:
             return {"last_rowid_for_stats": window.last_rowid, "params": fallback["params"]}
         _, _, params = anomaly.estimate_anomaly_likelihoods(
-            records, skip_records=SKIP_RECORDS, version=self.version
+            records, skip_records=SKIP_RECORDS, version=version
         )
         return {"last_rowid_for_stats": window.last_rowid, "params": params}
 

@@ -41,6 +41,7 @@ from htmengine.runtime.metric_streamer import (
     StoredRows,
     ensure_custom_metrics,
 )
+from htmengine.runtime.model_input_forwarder import ModelInputForwarder
 from htmengine.runtime.plaintext_protocol import parse_samples
 
 SERVICE_NAME = "metric_storer"
@@ -283,7 +284,7 @@ def build_storer(
 def main() -> int:
     log = setup_logging(SERVICE_NAME)
     try:
-        storer, metrics_port = build_storer()
+        storer, metrics_port = build_storer(ModelInputForwarder.from_config())
     except ConfigError as exc:
         print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,536 @@
+"""Anomaly service: model results in, anomaly scores written to metric_data and published.
+
+Consumes the model swapper's results queue (``model-swapper.conf [interface_bus] results_queue``).
+
+* Command results: a successful ``defineModel`` moves a metric CREATE_PENDING -> ACTIVE; a failed
+  command moves it to ERROR with the error text in ``metric.message``. Every command result is then
+  published to the results exchange with the header ``dataType: model-cmd-result``.
+* Inference results of an ACTIVE metric are matched to metric_data rows by rowid. Rows that already
+  have a raw score are skipped, so a redelivered batch never counts twice. The raw scores go
+  through the likelihood helper (state in ``metric.model_params["anomalyLikelihoodParams"]``) and
+  raw_anomaly_score, anomaly_score, display_value and multi_step_best_predictions are written with
+  multi-row statements in the same transaction as the new likelihood state. A failed row is
+  reported and left unscored; only a model that cannot be found (status ERR_NO_SUCH_MODEL) puts
+  the metric into ERROR.
+* After the commit the scored rows are published, zlib-compressed JSON, to the durable fanout
+  exchange ``application.conf [metric_streamer] results_exchange_name``; then the batch is acked.
+  A batch redelivered after a crash between commit and ack publishes its rows again (at-least-once
+  on the exchange, as everywhere else).
+
+Payloads (facts §4.3), decoded with `deserialize_model_result`::
+
+    inference: {"metric": {uid, name, description, resource, location, datasource, spec},
+                "results": [{rowid, ts, value, rawAnomaly, anomaly, multiStepBestPredictions}]}
+    command:   {method, modelId, commandId, status, errorMessage[, modelInfo]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import json
+import logging
+import signal
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from htmengine import exceptions
+from htmengine.bus import MessageBus, rejected_queue_name
+from htmengine.config import get_app_config
+from htmengine.htm.params import DEFAULT_VERSION
+from htmengine.instrumentation import (
+    AnomalyServiceMetrics,
+    metrics_port,
+    start_metrics_server,
+)
+from htmengine.logging_support import RateLimitedLogger, setup_logging
+from htmengine.model_swapper.model_swapper_interface import (
+    ModelCommandResult,
+    ModelInferenceResult,
+    ModelSwapperInterface,
+    ResultBatch,
+    encode_result_message,
+)
+from htmengine.repository import MetricStatus, get_engine, queries
+from htmengine.repository.schema import metric_data
+from htmengine.runtime.anomaly_likelihood_helper import (
+    AnomalyLikelihoodHelper,
+    ScoredRow,
+    rescale_for_display,
+)
+from htmengine.runtime.model_data_feeder import send_input_rows_to_model
+from htmengine.runtime.scalar_metric_utils import (
+    MODEL_START_KEY,
+    read_rows,
+    retry_on_transient_db_errors,
+)
+
+LOGGER = logging.getLogger("htmengine.anomaly_service")
+
+# Header that marks command results on the results exchange.
+COMMAND_RESULT_HEADERS = {"dataType": "model-cmd-result"}
+
+# Key of the likelihood state inside metric.model_params.
+LIKELIHOOD_PARAMS_KEY = "anomalyLikelihoodParams"
+
+# Result batches taken from the broker ahead of processing.
+PREFETCH = 20
+
+# Seconds the consumer waits for a batch before checking whether it was asked to stop.
+IDLE_CHECK_SEC = 1.0
+
+
+def serialize_model_result(message: dict[str, Any]) -> bytes:
+    """The body published on the results exchange: zlib-compressed JSON."""
+    return zlib.compress(json.dumps(message).encode("utf-8"))
+
+
+def deserialize_model_result(payload: bytes) -> dict[str, Any]:
+    """Inverse of serialize_model_result (what results-exchange consumers call)."""
+    return json.loads(zlib.decompress(payload))
+
+
+def _epoch(timestamp) -> float:
+    return float(calendar.timegm(timestamp.utctimetuple()))
+
+
+class AnomalyService:
+    """Processes result batches; `run` consumes them until `stop` is called."""
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        swapper: ModelSwapperInterface,
+        results_exchange: str,
+        helper: AnomalyLikelihoodHelper,
+        chunk_size: int,
+        engine: sa.Engine | None = None,
+        metrics: AnomalyServiceMetrics | None = None,
+    ) -> None:
+        self.bus = bus
+        self.swapper = swapper
+        self.results_exchange = results_exchange
+        self.helper = helper
+        self.chunk_size = chunk_size
+        self.metrics = metrics if metrics is not None else AnomalyServiceMetrics()
+        self.engine = engine if engine is not None else get_engine()
+        self._stop = threading.Event()
+        self._failures = RateLimitedLogger(LOGGER)
+
+    # -- consuming -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume result batches until stopped; each is acked after its effects are durable."""
+        self.bus.declare_exchange(self.results_exchange, exchange_type="fanout", durable=True)
+        LOGGER.info(
+            "consuming %s, publishing to exchange %s",
+            self.swapper.results_queue,
+            self.results_exchange,
+        )
+        with self.swapper.consumeResults(
+            prefetch=PREFETCH, inactivity_timeout=IDLE_CHECK_SEC
+        ) as consumer:
+            for batch in consumer:
+                if batch is not None:
+                    self.handle_batch(batch)
+                if self._stop.is_set():
+                    break
+        LOGGER.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def handle_batch(self, batch: ResultBatch) -> None:
+        """Process one result batch, publish what it produced, then ack it.
+
+        A batch that fails for a reason other than the database (a bug, a malformed result) is
+        moved to ``<results_queue>.rejected`` so it cannot block the queue; database errors are
+        retried and, if they persist, end the process (supervisord restarts it and the broker
+        redelivers the batch).
+        """
+        started = time.monotonic()
+        self.metrics.batches_received.inc()
+        try:
+            publications = self.process_batch(batch.modelID, batch.objects, batch.redelivered)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+            raise
+        except Exception as exc:
+            LOGGER.exception("result batch of model %s cannot be processed", batch.modelID)
+            self._reject(batch, repr(exc))
+            self.metrics.batches_rejected.labels("undecodable").inc()
+            return
+        for body, headers in publications:
+            self.bus.publish_exchange(self.results_exchange, body, headers=headers)
+            self.metrics.results_published.inc()
+        batch.ack()
+        self.metrics.scoring_seconds.observe(time.monotonic() - started)
+
+    def _reject(self, batch: ResultBatch, reason: str) -> None:
+        queue = rejected_queue_name(self.swapper.results_queue)
+        self.bus.declare_queue(queue, durable=True)
+        headers = {
+            "x-rejected-reason": reason[:4000],
+            "x-rejected-from": self.swapper.results_queue,
+        }
+        self.bus.publish(
+            queue, encode_result_message(batch.modelID, batch.objects), headers=headers
+        )
+        batch.ack()
+
+    # -- processing ------------------------------------------------------------------------------
+
+    def process_batch(
+        self, model_id: str, results: Sequence[Any], redelivered: bool = False
+    ) -> list[tuple[bytes, dict | None]]:
+        """Apply one result batch to the database; returns the (body, headers) to publish.
+
+        Command results are applied one by one, in order; the inference results of the batch
+        are applied together, in one transaction.
+        """
+        publications: list[tuple[bytes, dict | None]] = []
+        inference_results: list[ModelInferenceResult] = []
+        for result in results:
+            if isinstance(result, ModelCommandResult):
+                notice = self._apply_command_result(model_id, result)
+                outcome = "ok" if result.status == exceptions.SUCCESS else "error"
+                self.metrics.command_results.labels(result.method, outcome).inc()
+                if notice is not None:
+                    publications.append((serialize_model_result(notice), COMMAND_RESULT_HEADERS))
+            elif isinstance(result, ModelInferenceResult):
+                inference_results.append(result)
+            else:
+                raise TypeError(f"unexpected item {result!r} in a result batch")
+        if inference_results:
+            message = self._apply_inference_results(model_id, inference_results, redelivered)
+            if message is not None:
+                publications.append((serialize_model_result(message), None))
+        return publications
+
+    @retry_on_transient_db_errors
+    def _apply_command_result(self, model_id: str, result: ModelCommandResult) -> dict | None:
+        notice: dict[str, Any] = {
+            "method": result.method,
+            "modelId": model_id,
+            "commandId": result.commandID,
+            "status": result.status,
+            "errorMessage": result.errorMessage,
+        }
+        if result.method == "deleteModel":
+            LOGGER.info("model %s deleted (status %s)", model_id, result.status)
+            return notice
+        with self.engine.begin() as conn:
+            try:
+                # Waits for an adapter transaction that is still writing this metric.
+                row = queries.get_metric(
+                    conn,
+                    model_id,
+                    ("uid", "name", "server", "status", "parameters"),
+                    for_update=True,
+                )
+            except exceptions.MetricNotFound:
+                LOGGER.warning("%s result for unknown model %s (deleted?)", result.method, model_id)
+                return None
+            if result.status != exceptions.SUCCESS:
+                LOGGER.error(
+                    "%s failed for model %s (%s): %s",
+                    result.method,
+                    model_id,
+                    row.name,
+                    result.errorMessage,
+                )
+                if row.status != MetricStatus.ERROR:
+                    queries.set_metric_status(
+                        conn, model_id, MetricStatus.ERROR, result.errorMessage
+                    )
+                return notice
+            if result.method == "defineModel":
+                if row.status == MetricStatus.CREATE_PENDING:
+                    self._activate(conn, model_id, result.commandID)
+                else:
+                    LOGGER.warning(
+                        "defineModel result for model %s in status %s (not CREATE_PENDING)",
+                        model_id,
+                        row.status,
+                    )
+                if not row.parameters:
+                    return None
+                notice["modelInfo"] = {
+                    "metricName": row.name,
+                    "resource": row.server,
+                    "modelSpec": json.loads(row.parameters),
+                }
+        return notice
+
+    def _activate(self, conn: Connection, model_id: str, command_id: Any) -> None:
+        """CREATE_PENDING -> ACTIVE, under the metric row lock; first hand the model the rows that
+        were stored after its backlog (the storer does not forward while CREATE_PENDING)."""
+        row = queries.get_metric(conn, model_id, ("name", "last_rowid", "model_params"))
+        model_params = json.loads(row.model_params or "{}")
+        start = model_params.pop(MODEL_START_KEY, None)
+        if start is not None and start["commandId"] != command_id:
+            LOGGER.warning(
+                "defineModel result %s of model %s is not the pending one (%s); ignored",
+                command_id,
+                model_id,
+                start["commandId"],
+            )
+            return
+        if start is not None and (row.last_rowid or 0) > start["backlogLastRowid"]:
+            rows = read_rows(conn, model_id, start_rowid=start["backlogLastRowid"] + 1)
+            try:
+                send_input_rows_to_model(model_id, rows, self.chunk_size, self.swapper)
+            except exceptions.ModelNotFound:
+                LOGGER.warning("model %s lost its input queue while being activated", model_id)
+            LOGGER.info(
+                "model %s: forwarded %d rows stored while it was created", model_id, len(rows)
+            )
+        queries.update_metric_columns(
+            conn,
+            model_id,
+            {
+                "status": int(MetricStatus.ACTIVE),
+                "message": None,
+                "model_params": json.dumps(model_params),
+            },
+        )
+        LOGGER.info("model %s (%s) is ACTIVE", model_id, row.name)
+
+    @retry_on_transient_db_errors
+    def _apply_inference_results(
+        self, model_id: str, results: Sequence[ModelInferenceResult], redelivered: bool
+    ) -> dict | None:
+        """Score the batch's rows in one transaction; returns the message to publish (or None)."""
+        with self.engine.begin() as conn:
+            try:
+                metric_row = queries.get_metric(conn, model_id, for_update=True)
+            except exceptions.MetricNotFound:
+                LOGGER.warning("inference results for unknown model %s (deleted?)", model_id)
+                self.metrics.batches_rejected.labels("metric_missing").inc()
+                return None
+            if metric_row.status != MetricStatus.ACTIVE:
+                LOGGER.warning(
+                    "dropping %d inference results of model %s in status %s",
+                    len(results),
+                    model_id,
+                    metric_row.status,
+                )
+                self.metrics.batches_rejected.labels("not_active").inc()
+                return None
+
+            rowids = [result.rowID for result in results]
+            stored = {
+                row.rowid: row
+                for row in queries.get_metric_data(
+                    conn,
+                    model_id,
+                    _DATA_FIELDS,
+                    start_rowid=min(rowids),
+                    stop_rowid=max(rowids),
+                )
+            }
+            new_rows, predictions, rescored = self._match(model_id, results, stored, conn)
+            if new_rows:
+                model_params = json.loads(metric_row.model_params or "{}")
+                state = self.helper.update_scores(
+                    new_rows,
+                    model_params.get(LIKELIHOOD_PARAMS_KEY),
+                    lambda limit: _scored_history(conn, model_id, limit),
+                    version=model_params.get("modelConfig", {}).get(
+                        "nupicVersion", DEFAULT_VERSION
+                    ),
+                )
+                queries.update_metric_data_scores(
+                    conn,
+                    model_id,
+                    [
+                        queries.ScoreUpdate(
+                            row.rowid,
+                            row.raw_anomaly_score,
+                            row.anomaly_score,
+                            rescale_for_display(row.anomaly_score),
+                            json.dumps(predictions[row.rowid]),
+                        )
+                        for row in new_rows
+                    ],
+                )
+                if state is None:
+                    model_params.pop(LIKELIHOOD_PARAMS_KEY, None)
+                else:
+                    model_params[LIKELIHOOD_PARAMS_KEY] = state
+                queries.update_metric_columns(
+                    conn, model_id, {"model_params": json.dumps(model_params)}
+                )
+                self.metrics.rows_scored.inc(len(new_rows))
+
+        published = [
+            _published_row(
+                row.rowid,
+                row.timestamp,
+                row.value,
+                row.raw_anomaly_score,
+                row.anomaly_score,
+                json.dumps(predictions[row.rowid]),
+            )
+            for row in new_rows
+        ]
+        if redelivered:
+            # The previous delivery may have committed without publishing: publish again.
+            published.extend(
+                _published_row(
+                    row.rowid,
+                    row.timestamp,
+                    row.metric_value,
+                    row.raw_anomaly_score,
+                    row.anomaly_score,
+                    row.multi_step_best_predictions,
+                )
+                for row in rescored
+            )
+            published.sort(key=lambda item: item["rowid"])
+        if not published:
+            return None
+        return {"metric": _published_metric(metric_row), "results": published}
+
+    def _match(
+        self,
+        model_id: str,
+        results: Sequence[ModelInferenceResult],
+        stored: dict[int, Row],
+        conn: Connection,
+    ) -> tuple[list[ScoredRow], dict[int, Any], list[Row]]:
+        """Pair results with stored rows: (rows to score, their predictions, rows already scored).
+
+        Rows already scored (a redelivery) are skipped; results without a row are dropped; failed
+        results are reported and their rows left unscored, except that a model that no longer
+        exists puts the metric into ERROR (nothing it sends can be scored).
+        """
+        new_rows: dict[int, ScoredRow] = {}
+        predictions: dict[int, Any] = {}
+        rescored: dict[int, Row] = {}
+        for result in results:
+            row = stored.get(result.rowID)
+            if row is None:
+                self._failures.warning(
+                    f"no_row:{model_id}",
+                    "model %s: result for rowid %s has no metric_data row",
+                    model_id,
+                    result.rowID,
+                )
+                continue
+            if row.raw_anomaly_score is not None:
+                rescored[row.rowid] = row
+                continue
+            if result.status != exceptions.SUCCESS:
+                self._failures.warning(
+                    f"failed:{model_id}",
+                    "model %s: row %s not scored (status %s): %s",
+                    model_id,
+                    result.rowID,
+                    result.status,
+                    result.errorMessage,
+                )
+                if result.status == exceptions.ERR_NO_SUCH_MODEL:
+                    queries.set_metric_status(
+                        conn, model_id, MetricStatus.ERROR, result.errorMessage
+                    )
+                    self.metrics.batches_rejected.labels("model_error").inc()
+                    return [], {}, []
+                continue
+            new_rows[row.rowid] = ScoredRow(
+                rowid=row.rowid,
+                timestamp=row.timestamp,
+                value=row.metric_value,
+                raw_anomaly_score=float(result.anomalyScore),
+            )
+            predictions[row.rowid] = result.multiStepBestPredictions
+        ordered = [new_rows[rowid] for rowid in sorted(new_rows)]
+        return ordered, predictions, [rescored[rowid] for rowid in sorted(rescored)]
+
+
+_DATA_FIELDS = (
+    metric_data.c.rowid,
+    metric_data.c.timestamp,
+    metric_data.c.metric_value,
+    metric_data.c.raw_anomaly_score,
+    metric_data.c.anomaly_score,
+    metric_data.c.multi_step_best_predictions,
+)
+
+
+def _scored_history(conn: Connection, uid: str, limit: int) -> list[ScoredRow]:
+    """The newest `limit` scored rows of a metric, oldest first (the likelihood's sample window)."""
+    rows = queries.get_metric_data(
+        conn,
+        uid,
+        (
+            metric_data.c.rowid,
+            metric_data.c.timestamp,
+            metric_data.c.metric_value,
+            metric_data.c.raw_anomaly_score,
+        ),
+        processed=True,
+        sort=metric_data.c.rowid.desc(),
+        limit=limit,
+    )
+    return [
+        ScoredRow(row.rowid, row.timestamp, row.metric_value, row.raw_anomaly_score)
+        for row in reversed(rows)
+    ]
+
+
+def _published_metric(row: Row) -> dict[str, Any]:
+    parameters = json.loads(row.parameters) if row.parameters else {}
+    return {
+        "uid": row.uid,
+        "name": row.name,
+        "description": row.description,
+        "resource": row.server,
+        "location": row.location,
+        "datasource": row.datasource,
+        "spec": parameters.get("metricSpec"),
+    }
+
+
+def _published_row(
+    rowid: int, timestamp, value: float, raw: float, anomaly: float, predictions: str | None
+) -> dict[str, Any]:
+    return {
+        "rowid": rowid,
+        "ts": _epoch(timestamp),
+        "value": value,
+        "rawAnomaly": raw,
+        "anomaly": anomaly,
+        "multiStepBestPredictions": predictions,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m htmengine.runtime.anomaly_service``."""
+    parser = argparse.ArgumentParser(description="htmengine anomaly service")
+    parser.parse_args(argv)
+    setup_logging("anomaly_service")
+    config = get_app_config()
+    metrics = AnomalyServiceMetrics()
+    start_metrics_server(metrics_port("anomaly_service"), metrics.registry)
+    with MessageBus() as bus, ModelSwapperInterface(bus=bus) as swapper:
+        service = AnomalyService(
+            bus,
+            swapper,
+            config.get("metric_streamer", "results_exchange_name"),
+            AnomalyLikelihoodHelper.from_config(config),
+            config.getint("metric_streamer", "chunk_size"),
+            metrics=metrics,
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: service.stop())
+        service.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The metric storer's after-commit hook: new rows go to their metric's model.
+
+* ACTIVE metric: the rows are submitted to the model in request batches of
+  ``application.conf [metric_streamer] chunk_size`` rows. A model whose input queue is gone (being
+  deleted) is skipped silently.
+* PENDING_DATA metric whose newest row is the 288th or later: the custom adapter's
+  ``activateModel`` creates its model from the data's range (the backlog goes with the definition).
+* CREATE_PENDING metric: nothing; the anomaly service forwards the rows stored during creation when
+  the model confirms its definition (see scalar_metric_utils), which keeps every model's input in
+  rowid order with no row twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from htmengine.adapters.datasource import createDatasourceAdapter
+from htmengine.config import get_app_config
+from htmengine.exceptions import HTMEngineError, ModelNotFound
+from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
+from htmengine.repository import MetricStatus
+from htmengine.runtime.metric_streamer import StoredRows
+from htmengine.runtime.model_data_feeder import input_rows, send_input_rows_to_model
+from htmengine.runtime.scalar_metric_utils import MODEL_CREATION_RECORD_THRESHOLD
+
+LOGGER = logging.getLogger("htmengine.model_input_forwarder")
+
+
+class ModelInputForwarder:
+    """Callable hook for ``MetricStreamer(on_rows_stored=...)``."""
+
+    def __init__(
+        self,
+        chunk_size: int,
+        activate_model: Callable[[str], object],
+        swapper: ModelSwapperInterface | None = None,
+    ) -> None:
+        self.chunk_size = chunk_size
+        self.activate_model = activate_model
+        self._swapper = swapper
+
+    @classmethod
+    def from_config(cls) -> ModelInputForwarder:
+        """Chunk size from application.conf; activation by the custom datasource adapter."""
+        adapter = createDatasourceAdapter("custom")
+        return cls(get_app_config().getint("metric_streamer", "chunk_size"), adapter.activateModel)
+
+    @property
+    def swapper(self) -> ModelSwapperInterface:
+        if self._swapper is None:
+            self._swapper = ModelSwapperInterface()
+        return self._swapper
+
+    def __call__(self, stored: Sequence[StoredRows]) -> None:
+        for item in stored:
+            if not item.rows:
+                continue
+            if item.status == MetricStatus.ACTIVE:
+                try:
+                    send_input_rows_to_model(
+                        item.uid, input_rows(item.rows), self.chunk_size, self.swapper
+                    )
+                except ModelNotFound:
+                    LOGGER.info("model %s has no input queue (being deleted); rows kept", item.uid)
+            elif (
+                item.status == MetricStatus.PENDING_DATA
+                and item.last_rowid >= MODEL_CREATION_RECORD_THRESHOLD
+            ):
+                try:
+                    self.activate_model(item.uid)
+                except (HTMEngineError, ValueError, TypeError) as exc:
+                    LOGGER.warning("could not activate the model of metric %s: %r", item.uid, exc)
