@@ -50,7 +50,9 @@ class HtmengineGroup(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-@click.group(cls=HtmengineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    "htmengine", cls=HtmengineGroup, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--conf",
     "conf_dir",

@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 
-from htmengine.cli.common import ensure_config_dir, format_table, parse_timestamp
+from htmengine.cli.common import ensure_config_dir, format_table
 
-# How an exported model's timestamps are written (naive UTC, whole seconds).
-EXPORT_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+# How `metrics --format json` writes timestamps (naive UTC, whole seconds), as exports do.
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def _adapter():
@@ -93,7 +93,7 @@ def metrics_command(output_format: str) -> None:
 
 
 def _iso(moment: datetime.datetime | None) -> str | None:
-    return None if moment is None else moment.strftime(EXPORT_TIMESTAMP_FORMAT)
+    return None if moment is None else moment.strftime(TIMESTAMP_FORMAT)
 
 
 @click.command()
@@ -171,17 +171,6 @@ def delete(name: str) -> None:
     click.echo(f"deleted {name} (uid {metric.uid})")
 
 
-def _jsonable(value: Any) -> Any:
-    """An exported spec with datetimes written as text, so it round-trips through JSON."""
-    if isinstance(value, datetime.datetime):
-        return value.strftime(EXPORT_TIMESTAMP_FORMAT)
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    return value
-
-
 @click.command("export")
 @click.argument("name")
 @click.option(
@@ -194,9 +183,11 @@ def export_command(name: str, output: str | None) -> None:
     """Export the model spec of metric NAME with its last 14 days of data, as JSON."""
     ensure_config_dir()
     metric = _metric_by_name(name)
-    if not metric.parameters:
-        raise click.ClickException(f"metric {name!r} is not monitored: there is no model to export")
-    text = json.dumps(_jsonable(_adapter().exportModel(metric.uid)), indent=2)
+    try:
+        exported = _adapter().exportModel(metric.uid)
+    except ValueError as exc:
+        raise click.ClickException(f"cannot export {name}: {exc}") from exc
+    text = json.dumps(exported, indent=2)
     if output is None:
         click.echo(text)
         return
@@ -215,24 +206,12 @@ def import_command(file) -> None:
         raise click.ClickException(f"{file.name} is not JSON: {exc}") from exc
     if not isinstance(spec, dict) or not isinstance(spec.get("metricSpec"), dict):
         raise click.ClickException(f"{file.name} is not an exported model (no metricSpec object)")
-    if "data" in spec:
-        spec["data"] = _import_rows(spec["data"], file.name)
     ensure_config_dir()
     try:
         uid = _adapter().importModel(spec)
     except (ValueError, TypeError, KeyError) as exc:
         raise click.ClickException(f"cannot import {file.name}: {exc}") from exc
     click.echo(f"imported {spec['metricSpec'].get('metric', uid)} (uid {uid})")
-
-
-def _import_rows(rows: Any, file_name: str) -> list[tuple[float, datetime.datetime]]:
-    """The exported [value, timestamp] pairs as (float, naive-UTC datetime)."""
-    try:
-        return [(float(value), parse_timestamp(str(timestamp))) for value, timestamp in rows]
-    except (TypeError, ValueError) as exc:
-        raise click.ClickException(
-            f"{file_name}: 'data' must be a list of [value, timestamp] pairs ({exc})"
-        ) from exc
 
 
 COMMANDS = [

@@ -257,6 +257,87 @@ def test_unreachable_mysql_is_a_one_line_error(app: TestApp, monkeypatch) -> Non
         dispose_engines()
 
 
+# -- models through the custom datasource adapter ---------------------------------------------
+
+
+def metric_status(name: str) -> str:
+    from htmengine.repository import MetricStatus, get_engine, queries
+
+    with get_engine().connect() as conn:
+        return MetricStatus(queries.get_custom_metric_by_name(conn, name).status).name
+
+
+def test_monitor_unmonitor_force_export_import_delete(clean_db: TestApp, tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
+    from htmengine.repository import get_engine, queries
+
+    make_metric("disk", [])
+    with get_engine().begin() as conn:
+        uid = queries.get_custom_metric_by_name(conn, "disk").uid
+        queries.add_metric_data(
+            conn, uid, [(now - datetime.timedelta(minutes=10 - i), float(i)) for i in range(10)]
+        )
+
+    monitored = run("monitor", "disk", "--min", "0", "--max", "100", "--min-resolution", "0.5")
+    assert monitored.exit_code == 0, monitored.output
+    assert monitored.stdout.strip() == f"monitoring disk (uid {uid}): status CREATE_PENDING"
+    stored = json.loads(run("metrics", "--format", "json").stdout)
+    assert stored[0]["status"] == "CREATE_PENDING"
+
+    again = run("monitor", "disk", "--min", "0", "--max", "100")
+    assert_one_line_error(again, "already monitored", "--force")
+
+    forced = run("monitor", "disk", "--min", "0", "--max", "50", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert forced.stdout.splitlines()[0] == "unmonitored disk (was CREATE_PENDING)"
+    assert metric_status("disk") == "CREATE_PENDING"
+
+    exported_path = tmp_path / "disk.json"
+    exported = run("export", "disk", "-o", str(exported_path))
+    assert exported.exit_code == 0, exported.output
+    spec = json.loads(exported_path.read_text())
+    assert spec["metricSpec"]["metric"] == "disk"
+    assert spec["modelParams"]["max"] == 50
+    assert len(spec["data"]) == 10
+    assert json.loads(run("export", "disk").stdout) == spec
+
+    unmonitored = run("unmonitor", "disk")
+    assert unmonitored.exit_code == 0, unmonitored.output
+    assert metric_status("disk") == "UNMONITORED"
+    assert_one_line_error(run("export", "disk"), "cannot export disk", "not monitored")
+
+    deleted = run("delete", "disk")
+    assert deleted.stdout.strip() == f"deleted disk (uid {uid})"
+    assert json.loads(run("metrics", "--format", "json").stdout) == []
+
+    imported = run("import", str(exported_path))
+    assert imported.exit_code == 0, imported.output
+    assert imported.stdout.startswith("imported disk (uid ")
+    assert metric_status("disk") == "CREATE_PENDING"
+    assert row_count("disk") == 10
+
+
+def test_monitor_and_import_reject_bad_input_with_one_line(
+    clean_db: TestApp, tmp_path: Path
+) -> None:
+    half = run("monitor", "x", "--min", "0")
+    assert half.exit_code == 2
+    assert half.stderr.strip().splitlines() == [
+        "Error: give both --min and --max, or neither (see 'htmengine monitor --help')"
+    ]
+    not_json = tmp_path / "bad.json"
+    not_json.write_text("{nope")
+    assert_one_line_error(run("import", str(not_json)), "is not JSON")
+    no_spec = tmp_path / "list.json"
+    no_spec.write_text("[1, 2]")
+    assert_one_line_error(run("import", str(no_spec)), "not an exported model")
+    bad_data = tmp_path / "data.json"
+    bad_data.write_text(
+        json.dumps({"datasource": "custom", "metricSpec": {"metric": "y"}, "data": [[1, "soon"]]})
+    )
+    assert_one_line_error(run("import", str(bad_data)), "cannot import")
+
+
 # -- send and status against a running listener and storer -----------------------------------
 
 
