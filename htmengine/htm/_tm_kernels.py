@@ -1,0 +1,1245 @@
+"""Numba kernels of the backtracking temporal memory (NuPIC's C++ ``Cells4``, core 0.4.10).
+
+Everything one ``compute`` does runs inside :func:`tm_compute`; ``backtracking_tm.py`` only owns the
+arrays, grows them between steps and converts them to and from checkpoints. The comments cite the
+steps of htm-algorithms.md §4.
+
+Layout
+------
+* A *segment* has a permanent global id ``g``: the slot ``seg_slot[g]`` of cell ``seg_cell[g]``.
+  NuPIC never shrinks a cell's slot vector, so (cell, slot) <-> ``g`` never changes; a released
+  slot is a segment of length 0 on its cell's LIFO free list (``cell_free_head`` / ``seg_free_next``).
+* Synapses of ``g`` are ``syn_src[g, :seg_len[g]]`` (ascending source cell) and ``syn_perm[g, ...]``
+  (float32). The stride is ``max_synapses_per_segment + new_synapse_count``: v0.5.6's stale freeing
+  can leave a segment above 32 synapses, and that is the bound of how far.
+* Cell slot lists and the forward index (per source cell: the ``g`` of every segment holding a synapse
+  from it) are variable-length lists in a pool (``*_start``, ``*_len``, ``*_cap``, ``*_pool``); a
+  full list moves to the end of the pool with twice the room, and the pool is compacted when full.
+* Cell states are sets: a dense flag row and the list of members (``st_*[k]``), so clearing and
+  copying cost the number of members, not the number of cells.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from htmengine.htm.rng import rng_sample, rng_uint32
+
+# p: int64 parameters
+P_NCOLS = 0
+P_CPC = 1
+P_ACT_THRESHOLD = 2
+P_MIN_THRESHOLD = 3
+P_NEW_SYNAPSES = 4
+P_MAX_SEGMENTS = 5
+P_MAX_SYNAPSES = 6
+P_PAM_LENGTH = 7
+P_MAX_INF_BACKTRACK = 8
+P_MAX_LRN_BACKTRACK = 9
+P_MAX_SEQ_LENGTH = 10
+P_STRIDE = 11
+P_FREEING_034 = 12  # 1: core 50798446 (nupic 0.3.4) freeing sort keys
+P_SIZE = 13
+
+# pf: float32 parameters
+PF_INITIAL = 0
+PF_CONNECTED = 1
+PF_INC = 2
+PF_DEC = 3
+PF_MAX = 4
+PF_SIZE = 5
+
+# s: int64 scalars
+S_N_ITERATIONS = 0
+S_N_LRN_ITERATIONS = 1
+S_PAM_COUNTER = 2
+S_LEARNED_SEQ_LENGTH = 3
+S_N_SLOTS = 4  # global segment ids in use (slots ever created)
+S_SLOT_POOL_USED = 5
+S_FWD_POOL_USED = 6
+S_N_UPDATES = 7
+S_INF_QUEUE_LEN = 8
+S_LRN_QUEUE_LEN = 9
+S_N_SEGMENTS = 10  # non-empty segments
+S_N_SYNAPSES = 11
+S_FWD_ENTRIES = 12
+S_N_TOUCHED = 13
+S_ERROR = 14
+S_SIZE = 15
+
+# sf: float32 scalars
+SF_AVG_INPUT_DENSITY = 0
+SF_AVG_LEARNED_SEQ_LENGTH = 1
+SF_SIZE = 2
+
+# error codes in s[S_ERROR]
+ERR_POOL_FULL = 1
+ERR_SEGMENT_TOO_LONG = 2
+ERR_NO_EVICTABLE_SEGMENT = 3
+
+# cell state sets
+INF_ACTIVE = 0
+INF_PRED = 1
+INF_PRED_T1 = 2
+INF_ACTIVE_BACKUP = 3
+INF_PRED_BACKUP = 4
+INF_ACTIVE_CAND = 5
+INF_PRED_CAND = 6
+LRN_ACTIVE = 7
+LRN_ACTIVE_T1 = 8
+LRN_PRED = 9
+LRN_PRED_T1 = 10
+N_STATES = 11
+
+# column confidence rows
+CONF_T = 0
+CONF_CAND = 1
+
+_DUTY_TIERS = np.array([0, 100, 320, 1000, 3200, 10000, 32000, 100000, 320000], dtype=np.int64)
+_DUTY_ALPHAS = np.array(
+    [0.0, 0.0032, 0.0010, 0.00032, 0.00010, 0.000032, 0.000010, 0.0000032, 0.0000010],
+    dtype=np.float32,
+)
+
+TMArrays = namedtuple(
+    "TMArrays",
+    [
+        "p",
+        "pf",
+        "s",
+        "sf",
+        "rng",
+        # segments, indexed by global id
+        "seg_cell",
+        "seg_slot",
+        "seg_len",
+        "seg_nconn",
+        "seg_seq",
+        "seg_total",
+        "seg_pos",
+        "seg_last_active",
+        "seg_dc",
+        "seg_dc_it",
+        "seg_free_next",
+        "seg_is_free",
+        "syn_src",
+        "syn_perm",
+        # cells: slot lists (pool) and free-list heads
+        "cell_slot_start",
+        "cell_slot_len",
+        "cell_slot_cap",
+        "slot_pool",
+        "cell_free_head",
+        # forward index (pool)
+        "fwd_start",
+        "fwd_len",
+        "fwd_cap",
+        "fwd_pool",
+        # activity counts scratch
+        "seg_count",
+        "touched",
+        # cell state sets
+        "st_flag",
+        "st_list",
+        "st_count",
+        # column confidences
+        "col_conf",
+        "col_list",
+        "col_count",
+        # pattern queues
+        "inf_q",
+        "inf_q_len",
+        "lrn_q",
+        "lrn_q_len",
+        # pending segment updates
+        "upd_cell",
+        "upd_seg",
+        "upd_seq",
+        "upd_time",
+        "upd_len",
+        "upd_src",
+        # scratch
+        "col_flag",
+        "col_best",
+        "scr_src",
+        "scr_perm",
+        "scr_dec",
+        "scr_inc",
+        "scr_new",
+        "scr_removed",
+        "scr_upd",
+        "scr_on",
+        "scr_cand",
+    ],
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# cell state sets
+
+
+@njit(cache=True)
+def _set_clear(a, k):
+    flag = a.st_flag[k]
+    lst = a.st_list[k]
+    for j in range(a.st_count[k]):
+        flag[lst[j]] = 0
+    a.st_count[k] = 0
+
+
+@njit(cache=True)
+def _set_add(a, k, i):
+    if a.st_flag[k, i] == 0:
+        a.st_flag[k, i] = 1
+        a.st_list[k, a.st_count[k]] = i
+        a.st_count[k] += 1
+
+
+@njit(cache=True)
+def _set_copy(a, dst, src):
+    _set_clear(a, dst)
+    n = a.st_count[src]
+    for j in range(n):
+        i = a.st_list[src, j]
+        a.st_flag[dst, i] = 1
+        a.st_list[dst, j] = i
+    a.st_count[dst] = n
+
+
+@njit(cache=True)
+def _sorted_members(a, k):
+    """The members of set k in ascending order (``CStateIndexed::cellsOn(true)``)."""
+    n = a.st_count[k]
+    out = a.scr_on[:n]
+    out[:] = a.st_list[k, :n]
+    out.sort()
+    return out
+
+
+@njit(cache=True)
+def _col_conf_clear(a, r):
+    for j in range(a.col_count[r]):
+        a.col_conf[r, a.col_list[r, j]] = 0.0
+    a.col_count[r] = 0
+
+
+@njit(cache=True)
+def _col_conf_copy(a, dst, src):
+    _col_conf_clear(a, dst)
+    n = a.col_count[src]
+    for j in range(n):
+        c = a.col_list[src, j]
+        a.col_list[dst, j] = c
+        a.col_conf[dst, c] = a.col_conf[src, c]
+    a.col_count[dst] = n
+
+
+# ----------------------------------------------------------------------------------------------
+# variable-length lists in a pool
+
+
+@njit(cache=True)
+def pool_compact(start, length, cap, pool):
+    """Pack every list to the front of the pool, leaving each some room; returns the pool use."""
+    n_lists = start.shape[0]
+    total = 0
+    for lst in range(n_lists):
+        total += length[lst]
+    tmp = np.empty(total, dtype=pool.dtype)
+    k = 0
+    for lst in range(n_lists):
+        s = start[lst]
+        for j in range(length[lst]):
+            tmp[k] = pool[s + j]
+            k += 1
+    roomy = 0
+    for lst in range(n_lists):
+        if length[lst] > 0:
+            roomy += length[lst] + length[lst] // 2 + 4
+    give_room = roomy <= pool.shape[0]
+    w = 0
+    k = 0
+    for lst in range(n_lists):
+        n = length[lst]
+        start[lst] = w
+        for j in range(n):
+            pool[w + j] = tmp[k]
+            k += 1
+        if n == 0:
+            cap[lst] = 0
+        elif give_room:
+            cap[lst] = n + n // 2 + 4
+        else:
+            cap[lst] = n
+        w += cap[lst]
+    return w
+
+
+@njit(cache=True)
+def _pool_append(a, start, length, cap, pool, used_key, lst, value):
+    n = length[lst]
+    if n == cap[lst]:
+        new_cap = 2 * n if n >= 4 else 4
+        if a.s[used_key] + new_cap > pool.shape[0]:
+            a.s[used_key] = pool_compact(start, length, cap, pool)
+            if a.s[used_key] + new_cap > pool.shape[0]:
+                a.s[S_ERROR] = ERR_POOL_FULL
+                return
+        if n == cap[lst]:
+            s = start[lst]
+            d = a.s[used_key]
+            for j in range(n):
+                pool[d + j] = pool[s + j]
+            start[lst] = d
+            cap[lst] = new_cap
+            a.s[used_key] = d + new_cap
+    pool[start[lst] + n] = value
+    length[lst] = n + 1
+
+
+@njit(cache=True)
+def _fwd_add(a, src, g):
+    _pool_append(a, a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, S_FWD_POOL_USED, src, g)
+    a.s[S_FWD_ENTRIES] += 1
+
+
+@njit(cache=True)
+def _fwd_erase(a, src, g):
+    """Erase the entry of segment g from src's list, if any (swap with the last, like NuPIC)."""
+    s = a.fwd_start[src]
+    n = a.fwd_len[src]
+    for j in range(n):
+        if a.fwd_pool[s + j] == g:
+            a.fwd_pool[s + j] = a.fwd_pool[s + n - 1]
+            a.fwd_len[src] = n - 1
+            a.s[S_FWD_ENTRIES] -= 1
+            return
+
+
+# ----------------------------------------------------------------------------------------------
+# segments
+
+
+@njit(cache=True)
+def _duty_cycle(a, g, iteration, active, read_only):
+    """``Segment::dutyCycle``: positive-activation duty cycle with tiered decay (§4.6)."""
+    if iteration <= _DUTY_TIERS[1]:
+        dc = np.float32(a.seg_pos[g]) / np.float32(iteration)
+        if not read_only:
+            a.seg_dc_it[g] = iteration
+            a.seg_dc[g] = dc
+        return dc
+    age = iteration - a.seg_dc_it[g]
+    if age == 0 and not active:
+        return a.seg_dc[g]
+    alpha = np.float32(0.0)
+    for tier in range(_DUTY_TIERS.shape[0] - 1, 0, -1):
+        if iteration > _DUTY_TIERS[tier]:
+            alpha = _DUTY_ALPHAS[tier]
+            break
+    dc = np.float32((1.0 - np.float64(alpha)) ** np.float64(age) * np.float64(a.seg_dc[g]))
+    if active:
+        dc = np.float32(dc + alpha)
+    if not read_only:
+        a.seg_dc[g] = dc
+        a.seg_dc_it[g] = iteration
+    return dc
+
+
+@njit(cache=True)
+def _is_active(a, g, k):
+    """``Cells4::isActive``: at least threshold connected synapses from set k."""
+    thr = a.p[P_ACT_THRESHOLD]
+    n = a.seg_len[g]
+    if n < thr or a.seg_nconn[g] < thr:
+        return False
+    conn = a.pf[PF_CONNECTED]
+    flag = a.st_flag[k]
+    activity = 0
+    for j in range(n):
+        if a.syn_perm[g, j] >= conn and flag[a.syn_src[g, j]] != 0:
+            activity += 1
+            if activity >= thr:
+                return True
+    return False
+
+
+@njit(cache=True)
+def _release_segment(a, g):
+    if a.seg_is_free[g]:
+        return
+    a.s[S_N_SYNAPSES] -= a.seg_len[g]
+    a.s[S_N_SEGMENTS] -= 1
+    a.seg_len[g] = 0
+    a.seg_nconn[g] = 0
+    a.seg_total[g] = 0
+    a.seg_pos[g] = 0
+    cell = a.seg_cell[g]
+    a.seg_free_next[g] = a.cell_free_head[cell]
+    a.cell_free_head[cell] = g
+    a.seg_is_free[g] = 1
+
+
+@njit(cache=True)
+def _create_segment(a, cell, src, n, seq_flag):
+    """adaptSegment for a NEW update: take the last freed slot of the cell or append one."""
+    g = a.cell_free_head[cell]
+    if g >= 0:
+        a.cell_free_head[cell] = a.seg_free_next[g]
+        a.seg_free_next[g] = -1
+        a.seg_is_free[g] = 0
+    else:
+        g = a.s[S_N_SLOTS]
+        a.s[S_N_SLOTS] = g + 1
+        a.seg_cell[g] = cell
+        a.seg_slot[g] = a.cell_slot_len[cell]
+        a.seg_free_next[g] = -1
+        a.seg_is_free[g] = 0
+        _pool_append(
+            a,
+            a.cell_slot_start,
+            a.cell_slot_len,
+            a.cell_slot_cap,
+            a.slot_pool,
+            S_SLOT_POOL_USED,
+            cell,
+            g,
+        )
+    if n > a.p[P_STRIDE]:
+        a.s[S_ERROR] = ERR_SEGMENT_TOO_LONG
+        return
+    it = a.s[S_N_LRN_ITERATIONS]
+    init = a.pf[PF_INITIAL]
+    nconn = 0
+    for j in range(n):
+        a.syn_src[g, j] = src[j]
+        a.syn_perm[g, j] = init
+        if init >= a.pf[PF_CONNECTED]:
+            nconn += 1
+    a.seg_len[g] = n
+    a.seg_nconn[g] = nconn
+    a.seg_seq[g] = seq_flag
+    a.seg_dc[g] = np.float32(1.0 / it)
+    a.seg_dc_it[g] = it
+    a.seg_last_active[g] = it
+    a.seg_pos[g] = 1
+    a.seg_total[g] = 1
+    a.s[S_N_SEGMENTS] += 1
+    a.s[S_N_SYNAPSES] += n
+    for j in range(n):
+        _fwd_add(a, src[j], g)
+
+
+@njit(cache=True)
+def _adapt_existing(a, g, upd, n_upd):
+    """adaptSegment on an existing segment, with core 0.4.10's stale-position freeing (§4.6)."""
+    if a.seg_len[g] == 0:
+        return  # released meanwhile
+    it = a.s[S_N_LRN_ITERATIONS]
+    a.seg_last_active[g] = it
+    a.seg_pos[g] += 1
+    _duty_cycle(a, g, it, True, False)
+
+    old_len = a.seg_len[g]
+    src = a.scr_src
+    perm = a.scr_perm
+    for j in range(old_len):
+        src[j] = a.syn_src[g, j]
+        perm[j] = a.syn_perm[g, j]
+    conn = a.pf[PF_CONNECTED]
+    pmax = a.pf[PF_MAX]
+    nconn = a.seg_nconn[g]
+
+    # split into dec (not in the update) / inc (in it) positions; the rest of the update is new
+    dec = a.scr_dec
+    inc = a.scr_inc
+    new = a.scr_new
+    n_dec = 0
+    n_inc = 0
+    n_new = 0
+    u = 0
+    for j in range(old_len):
+        s = src[j]
+        while u < n_upd and upd[u] < s:
+            new[n_new] = upd[u]
+            n_new += 1
+            u += 1
+        if u < n_upd and upd[u] == s:
+            inc[n_inc] = j
+            n_inc += 1
+            u += 1
+        else:
+            dec[n_dec] = j
+            n_dec += 1
+    while u < n_upd:
+        new[n_new] = upd[u]
+        n_new += 1
+        u += 1
+
+    removed = a.scr_removed
+    n_removed = 0
+
+    # decrement pass: in place, then compaction that leaves the tail as it is
+    minus_dec = -a.pf[PF_DEC]
+    w = 0
+    d = 0
+    for j in range(old_len):
+        if d < n_dec and dec[d] == j:
+            d += 1
+            old = perm[j]
+            p = min(np.float32(old + minus_dec), pmax)
+            perm[j] = p
+            nconn += int(p >= conn) - int(old >= conn)
+            if p <= 0:
+                removed[n_removed] = src[j]
+                n_removed += 1
+                continue
+        src[w] = src[j]
+        perm[w] = perm[j]
+        w += 1
+    size = w
+
+    # increment pass, matched by source cell
+    plus_inc = a.pf[PF_INC]
+    j = 0
+    for k in range(n_inc):
+        target = a.syn_src[g, inc[k]]
+        while src[j] != target:
+            j += 1
+        old = perm[j]
+        p = min(np.float32(old + plus_inc), pmax)
+        perm[j] = p
+        nconn += int(p >= conn) - int(old >= conn)
+
+    # freeing: keys read at the positions recorded before the decrement pass
+    max_syn = a.p[P_MAX_SYNAPSES]
+    freed_any = False
+    if max_syn > 0 and n_new + size > max_syn:
+        freed_any = True
+        num_to_free = n_new + size - max_syn
+        legacy = a.p[P_FREEING_034] != 0
+        n_cand = n_dec
+        if n_dec < num_to_free:
+            n_cand = n_dec + n_inc
+        cand_pos = np.empty(n_cand, dtype=np.int64)
+        cand_key = np.empty(n_cand, dtype=np.float32)
+        for i in range(n_dec):
+            cand_pos[i] = dec[i]
+            cand_key[i] = perm[i] if legacy else perm[dec[i]]
+        for i in range(n_cand - n_dec):
+            cand_pos[n_dec + i] = inc[i]
+            key = perm[i] if legacy else perm[inc[i]]
+            cand_key[n_dec + i] = np.float32(key + pmax)
+        order = np.argsort(cand_key, kind="mergesort")
+        if num_to_free > n_cand:
+            num_to_free = n_cand
+        dele = np.empty(num_to_free, dtype=np.int64)
+        for i in range(num_to_free):
+            q = cand_pos[order[i]]
+            dele[i] = q
+            removed[n_removed] = src[q]
+            n_removed += 1
+        dele.sort()
+        w = 0
+        di = 0
+        for j in range(size):
+            while di < num_to_free and dele[di] < j:
+                di += 1
+            if di < num_to_free and dele[di] == j:
+                di += 1
+                continue
+            src[w] = src[j]
+            perm[w] = perm[j]
+            w += 1
+        size = w
+
+    # add the new synapses (kept sorted by source) and their forward entries
+    final_len = size + n_new
+    if final_len > a.p[P_STRIDE]:
+        a.s[S_ERROR] = ERR_SEGMENT_TOO_LONG
+        return
+    init = a.pf[PF_INITIAL]
+    i = size - 1
+    k = n_new - 1
+    for w in range(final_len - 1, -1, -1):
+        if k >= 0 and (i < 0 or new[k] > src[i]):
+            a.syn_src[g, w] = new[k]
+            a.syn_perm[g, w] = init
+            k -= 1
+        else:
+            a.syn_src[g, w] = src[i]
+            a.syn_perm[g, w] = perm[i]
+            i -= 1
+    if init >= conn:
+        nconn += n_new
+    a.s[S_N_SYNAPSES] += final_len - old_len
+    a.seg_len[g] = final_len
+    for k in range(n_new):
+        _fwd_add(a, new[k], g)
+
+    if n_removed > 0:
+        for k in range(n_removed):
+            _fwd_erase(a, removed[k], g)
+    if n_removed > 0 or freed_any:
+        nconn = 0
+        for j in range(final_len):
+            if a.syn_perm[g, j] >= conn:
+                nconn += 1
+    a.seg_nconn[g] = nconn
+    if final_len == 0:
+        _release_segment(a, g)
+
+
+@njit(cache=True)
+def _compute_update(a, cell, g, k, on_sorted, out):
+    """``computeUpdate`` with new synapses: the list of an update for (cell, g) from set k."""
+    m = 0
+    if g >= 0:
+        flag = a.st_flag[k]
+        for j in range(a.seg_len[g]):
+            s = a.syn_src[g, j]
+            if flag[s] != 0:
+                out[m] = s
+                m += 1
+    need = a.p[P_NEW_SYNAPSES] - m
+    if need > 0:
+        cand = a.scr_cand
+        nc = 0
+        if g >= 0:
+            n_seg = a.seg_len[g]
+            j = 0
+            for i in range(on_sorted.shape[0]):
+                c = on_sorted[i]
+                while j < n_seg and a.syn_src[g, j] < c:
+                    j += 1
+                if j < n_seg and a.syn_src[g, j] == c:
+                    continue
+                cand[nc] = c
+                nc += 1
+        else:
+            for i in range(on_sorted.shape[0]):
+                cand[nc] = on_sorted[i]
+                nc += 1
+        if nc > 0:
+            had = m
+            if nc <= need:
+                for i in range(nc):
+                    out[m] = cand[i]
+                    m += 1
+            elif need == 1:
+                out[m] = cand[rng_uint32(a.rng, nc)]
+                m += 1
+            else:
+                chosen = rng_sample(a.rng, cand[:nc], need)
+                for i in range(need):
+                    out[m] = chosen[i]
+                    m += 1
+            if had > 0:
+                out[:m].sort()
+    return m
+
+
+@njit(cache=True)
+def _clean_updates(a, g):
+    """``cleanUpdatesList``: drop queued updates aimed at segment g."""
+    w = 0
+    for i in range(a.s[S_N_UPDATES]):
+        if a.upd_seg[i] == g:
+            continue
+        if w != i:
+            a.upd_cell[w] = a.upd_cell[i]
+            a.upd_seg[w] = a.upd_seg[i]
+            a.upd_seq[w] = a.upd_seq[i]
+            a.upd_time[w] = a.upd_time[i]
+            a.upd_len[w] = a.upd_len[i]
+            a.upd_src[w, : a.upd_len[i]] = a.upd_src[i, : a.upd_len[i]]
+        w += 1
+    a.s[S_N_UPDATES] = w
+
+
+@njit(cache=True)
+def _cell_for_new_segment(a, col):
+    """``getCellForNewSegment``: a random non-start cell with room, else evict (§4.6)."""
+    cpc = a.p[P_CPC]
+    base = col * cpc
+    max_seg = a.p[P_MAX_SEGMENTS]
+    cand = a.scr_cand
+    nc = 0
+    for cell in range(base + 1, base + cpc):
+        if a.cell_slot_len[cell] < max_seg:
+            cand[nc] = cell
+            nc += 1
+    if nc > 0:
+        return cand[rng_uint32(a.rng, nc)]
+    it = a.s[S_N_LRN_ITERATIONS]
+    best_dc = np.float32(1.0)
+    best_g = -1
+    best_cell = -1
+    for cell in range(base + 1, base + cpc):
+        s0 = a.cell_slot_start[cell]
+        for slot in range(a.cell_slot_len[cell]):
+            g = a.slot_pool[s0 + slot]
+            if a.seg_len[g] > 0:
+                dc = _duty_cycle(a, g, it, False, False)
+                if dc < best_dc:
+                    best_dc = dc
+                    best_g = g
+                    best_cell = cell
+    if best_g < 0:
+        a.s[S_ERROR] = ERR_NO_EVICTABLE_SEGMENT
+        return base + 1
+    for j in range(a.seg_len[best_g]):
+        _fwd_erase(a, a.syn_src[best_g, j], best_g)
+    _clean_updates(a, best_g)
+    _release_segment(a, best_g)
+    return best_cell
+
+
+@njit(cache=True)
+def _best_matching_cell_t1(a, col, k):
+    """``getBestMatchingCellT1``: direct counts over all synapses against set k (§4.6)."""
+    cpc = a.p[P_CPC]
+    base = col * cpc
+    flag = a.st_flag[k]
+    best_cell = -1
+    best_g = -1
+    best_activity = a.p[P_MIN_THRESHOLD]
+    for cell in range(base, base + cpc):
+        max_activity = 0
+        max_g = -1
+        s0 = a.cell_slot_start[cell]
+        for slot in range(a.cell_slot_len[cell]):
+            g = a.slot_pool[s0 + slot]
+            n = a.seg_len[g]
+            if n == 0:
+                continue
+            activity = 0
+            for j in range(n):
+                if flag[a.syn_src[g, j]] != 0:
+                    activity += 1
+            if activity > max_activity:
+                max_activity = activity
+                max_g = g
+        if max_activity >= best_activity:
+            best_activity = max_activity
+            best_g = max_g
+            best_cell = cell
+    return best_cell, best_g
+
+
+@njit(cache=True)
+def _forward_counts(a, k):
+    """Activity of every segment from the members of set k, via the forward index."""
+    for j in range(a.s[S_N_TOUCHED]):
+        a.seg_count[a.touched[j]] = 0
+    nt = 0
+    lst = a.st_list[k]
+    for j in range(a.st_count[k]):
+        src = lst[j]
+        s0 = a.fwd_start[src]
+        for e in range(s0, s0 + a.fwd_len[src]):
+            g = a.fwd_pool[e]
+            if a.seg_count[g] == 0:
+                a.touched[nt] = g
+                nt += 1
+            a.seg_count[g] += 1
+    a.s[S_N_TOUCHED] = nt
+
+
+@njit(cache=True)
+def _segments_reaching(a, threshold):
+    """Touched segments with count >= threshold, in (cell, slot) order."""
+    nt = a.s[S_N_TOUCHED]
+    sel = np.empty(nt, dtype=np.int64)
+    keys = np.empty(nt, dtype=np.int64)
+    m = 0
+    max_seg = a.p[P_MAX_SEGMENTS]
+    for j in range(nt):
+        g = a.touched[j]
+        if a.seg_count[g] >= threshold:
+            sel[m] = g
+            keys[m] = np.int64(a.seg_cell[g]) * max_seg + a.seg_slot[g]
+            m += 1
+    order = np.argsort(keys[:m])
+    out = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        out[i] = sel[order[i]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# inference (§4.4)
+
+
+@njit(cache=True)
+def _infer_phase1(a, cols, use_start_cells):
+    _set_clear(a, INF_ACTIVE)
+    cpc = a.p[P_CPC]
+    if use_start_cells:
+        for c in cols:
+            _set_add(a, INF_ACTIVE, c * cpc)
+        return True
+    pred_flag = a.st_flag[INF_PRED_T1]
+    n_predicted_cols = 0
+    for c in cols:
+        base = c * cpc
+        any_predicted = False
+        for cell in range(base, base + cpc):
+            if pred_flag[cell] != 0:
+                any_predicted = True
+                _set_add(a, INF_ACTIVE, cell)
+        if any_predicted:
+            n_predicted_cols += 1
+        else:
+            for cell in range(base, base + cpc):
+                _set_add(a, INF_ACTIVE, cell)
+    return n_predicted_cols >= 0.5 * cols.shape[0]
+
+
+@njit(cache=True)
+def _infer_phase2(a):
+    _forward_counts(a, INF_ACTIVE)
+    _set_clear(a, INF_PRED)
+    _col_conf_clear(a, CONF_T)
+    thr = a.p[P_ACT_THRESHOLD]
+    cpc = a.p[P_CPC]
+    it = a.s[S_N_LRN_ITERATIONS]
+    segs = _segments_reaching(a, thr)
+    conf = a.col_conf[CONF_T]
+    n_predicted_cols = 0
+    last_predicted_col = -1
+    for i in range(segs.shape[0]):
+        g = segs[i]
+        cell = a.seg_cell[g]
+        c = cell // cpc
+        dc = _duty_cycle(a, g, it, False, False)
+        if a.col_count[CONF_T] == 0 or a.col_list[CONF_T, a.col_count[CONF_T] - 1] != c:
+            a.col_list[CONF_T, a.col_count[CONF_T]] = c
+            a.col_count[CONF_T] += 1
+        conf[c] = np.float32(conf[c] + dc)
+        if _is_active(a, g, INF_ACTIVE):
+            _set_add(a, INF_PRED, cell)
+            if c != last_predicted_col:
+                n_predicted_cols += 1
+                last_predicted_col = c
+    total = np.float32(0.0)
+    for j in range(a.col_count[CONF_T]):
+        total = np.float32(total + conf[a.col_list[CONF_T, j]])
+    if total > 0:
+        for j in range(a.col_count[CONF_T]):
+            c = a.col_list[CONF_T, j]
+            conf[c] = np.float32(conf[c] / total)
+    return n_predicted_cols >= 0.5 * np.float64(a.sf[SF_AVG_INPUT_DENSITY])
+
+
+@njit(cache=True)
+def _infer_backtrack(a):
+    n = a.s[S_INF_QUEUE_LEN]
+    if n == 0:
+        return
+    cur = n - 1
+    _set_copy(a, INF_ACTIVE_BACKUP, INF_ACTIVE)
+    _set_copy(a, INF_PRED_BACKUP, INF_PRED_T1)
+    candidate = -1
+    for start in range(n):
+        in_sequence = False
+        for offset in range(start, n):
+            _set_copy(a, INF_PRED_T1, INF_PRED)
+            pattern = a.inf_q[offset, : a.inf_q_len[offset]]
+            in_sequence = _infer_phase1(a, pattern, offset == start)
+            if not in_sequence:
+                break
+            in_sequence = _infer_phase2(a)
+            if not in_sequence:
+                break
+        if in_sequence:
+            candidate = start
+            if start != cur:
+                _set_copy(a, INF_ACTIVE_CAND, INF_ACTIVE)
+                _set_copy(a, INF_PRED_CAND, INF_PRED)
+                _col_conf_copy(a, CONF_CAND, CONF_T)
+            break
+    if candidate == -1:
+        _set_copy(a, INF_ACTIVE, INF_ACTIVE_BACKUP)
+        _infer_phase2(a)
+    elif candidate != cur:
+        _set_copy(a, INF_ACTIVE, INF_ACTIVE_CAND)
+        _set_copy(a, INF_PRED, INF_PRED_CAND)
+        _col_conf_copy(a, CONF_T, CONF_CAND)
+    # every start before the candidate failed; all failed without one
+    n_pop = n if candidate == -1 else candidate + 1
+    _queue_pop_front(a.inf_q, a.inf_q_len, a.s, S_INF_QUEUE_LEN, n_pop)
+    _set_copy(a, INF_PRED_T1, INF_PRED_BACKUP)
+
+
+@njit(cache=True)
+def _queue_pop_front(q, q_len, s, len_key, n_pop):
+    n = s[len_key]
+    for i in range(n_pop, n):
+        m = q_len[i]
+        q[i - n_pop, :m] = q[i, :m]
+        q_len[i - n_pop] = m
+    s[len_key] = n - n_pop
+
+
+@njit(cache=True)
+def _queue_push(q, q_len, s, len_key, max_len, cols):
+    if s[len_key] > max_len:
+        _queue_pop_front(q, q_len, s, len_key, 1)
+    n = s[len_key]
+    q[n, : cols.shape[0]] = cols
+    q_len[n] = cols.shape[0]
+    s[len_key] = n + 1
+
+
+@njit(cache=True)
+def _update_inference_state(a, cols):
+    _set_copy(a, INF_PRED_T1, INF_PRED)
+    if a.p[P_MAX_INF_BACKTRACK] > 0:
+        _queue_push(a.inf_q, a.inf_q_len, a.s, S_INF_QUEUE_LEN, a.p[P_MAX_INF_BACKTRACK], cols)
+    if not _infer_phase1(a, cols, False):
+        _infer_backtrack(a)
+        return
+    if not _infer_phase2(a):
+        _infer_backtrack(a)
+
+
+# ----------------------------------------------------------------------------------------------
+# learning (§4.5)
+
+
+@njit(cache=True)
+def _process_segment_updates(a, cols):
+    """Apply queued updates whose column is active now; pooling is off, so all leave the queue."""
+    for c in cols:
+        a.col_flag[c] = 1
+    cpc = a.p[P_CPC]
+    it = a.s[S_N_LRN_ITERATIONS]
+    for i in range(a.s[S_N_UPDATES]):
+        if it - a.upd_time[i] > 1:
+            continue
+        cell = a.upd_cell[i]
+        if a.col_flag[cell // cpc] != 0:
+            n = a.upd_len[i]
+            if a.upd_seg[i] < 0:
+                _create_segment(a, cell, a.upd_src[i], n, a.upd_seq[i])
+            else:
+                _adapt_existing(a, a.upd_seg[i], a.upd_src[i], n)
+    a.s[S_N_UPDATES] = 0
+    for c in cols:
+        a.col_flag[c] = 0
+
+
+@njit(cache=True)
+def _learn_phase1(a, cols, read_only):
+    _set_clear(a, LRN_ACTIVE)
+    cpc = a.p[P_CPC]
+    pred_flag = a.st_flag[LRN_PRED_T1]
+    on_t1 = _sorted_members(a, LRN_ACTIVE_T1) if not read_only else a.scr_on[:0]
+    n_unpredicted = 0
+    for c in cols:
+        base = c * cpc
+        n_predicted = 0
+        predicted_cell = -1
+        for cell in range(base, base + cpc):
+            if pred_flag[cell] != 0:
+                n_predicted += 1
+                predicted_cell = cell
+        if n_predicted == 1:
+            _set_add(a, LRN_ACTIVE, predicted_cell)
+            continue
+        n_unpredicted += 1
+        if read_only:
+            continue
+        cell, g = _best_matching_cell_t1(a, c, LRN_ACTIVE_T1)
+        if g >= 0 and a.seg_seq[g] != 0:
+            _set_add(a, LRN_ACTIVE, cell)
+            m = _compute_update(a, cell, g, LRN_ACTIVE_T1, on_t1, a.scr_upd)
+            a.seg_total[g] += 1
+            if m > 0:
+                _adapt_existing(a, g, a.scr_upd, m)
+        else:
+            cell = _cell_for_new_segment(a, c)
+            _set_add(a, LRN_ACTIVE, cell)
+            m = _compute_update(a, cell, -1, LRN_ACTIVE_T1, on_t1, a.scr_upd)
+            if m > 0:
+                _create_segment(a, cell, a.scr_upd, m, 1)
+        if a.s[S_ERROR] != 0:
+            return False
+    return n_unpredicted < cols.shape[0] // 2
+
+
+@njit(cache=True)
+def _learn_phase2(a, read_only):
+    _forward_counts(a, LRN_ACTIVE)
+    _set_clear(a, LRN_PRED)
+    thr = a.p[P_ACT_THRESHOLD]
+    cpc = a.p[P_CPC]
+    nt = a.s[S_N_TOUCHED]
+    # best per column: highest count, ties to the higher cell, then the lower slot
+    cols = np.empty(nt, dtype=np.int64)
+    n_cols = 0
+    for j in range(nt):
+        g = a.touched[j]
+        count = a.seg_count[g]
+        if count < thr:
+            continue
+        c = a.seg_cell[g] // cpc
+        b = a.col_best[c]
+        if b < 0:
+            a.col_best[c] = g
+            cols[n_cols] = c
+            n_cols += 1
+        else:
+            bc = a.seg_count[b]
+            if count > bc or (
+                count == bc
+                and (
+                    a.seg_cell[g] > a.seg_cell[b]
+                    or (a.seg_cell[g] == a.seg_cell[b] and a.seg_slot[g] < a.seg_slot[b])
+                )
+            ):
+                a.col_best[c] = g
+    cols = cols[:n_cols]
+    cols.sort()
+    on_t = _sorted_members(a, LRN_ACTIVE) if not read_only else a.scr_on[:0]
+    for c in cols:
+        g = a.col_best[c]
+        a.col_best[c] = -1
+        cell = a.seg_cell[g]
+        _set_add(a, LRN_PRED, cell)
+        if not read_only:
+            i = a.s[S_N_UPDATES]
+            m = _compute_update(a, cell, g, LRN_ACTIVE, on_t, a.upd_src[i])
+            if m > 0:
+                a.upd_cell[i] = cell
+                a.upd_seg[i] = g
+                a.upd_seq[i] = 0
+                a.upd_time[i] = a.s[S_N_LRN_ITERATIONS]
+                a.upd_len[i] = m
+                a.s[S_N_UPDATES] = i + 1
+            a.seg_total[g] += 1
+
+
+@njit(cache=True)
+def _learn_backtrack_from(a, start, read_only):
+    n = a.s[S_LRN_QUEUE_LEN]
+    cur = n - 1
+    if not read_only:
+        a.s[S_N_UPDATES] = 0
+    cpc = a.p[P_CPC]
+    in_sequence = True
+    for offset in range(start, n):
+        _set_copy(a, LRN_ACTIVE_T1, LRN_ACTIVE)
+        _set_copy(a, LRN_PRED_T1, LRN_PRED)
+        pattern = a.lrn_q[offset, : a.lrn_q_len[offset]]
+        if not read_only:
+            _process_segment_updates(a, pattern)
+        if offset == start:
+            _set_clear(a, LRN_ACTIVE)
+            for c in pattern:
+                _set_add(a, LRN_ACTIVE, c * cpc)
+                in_sequence = True
+        else:
+            in_sequence = _learn_phase1(a, pattern, read_only)
+        if not in_sequence or offset == cur:
+            break
+        _learn_phase2(a, read_only)
+    return in_sequence
+
+
+@njit(cache=True)
+def _learn_backtrack(a):
+    n = a.s[S_LRN_QUEUE_LEN]
+    k = n - 1 if n > 0 else 0
+    if k <= 0:
+        return 0
+    found = -1
+    for start in range(k):
+        if _learn_backtrack_from(a, start, True):
+            found = start
+            break
+    if found < 0:
+        a.s[S_LRN_QUEUE_LEN] = 0
+        return 0
+    _learn_backtrack_from(a, found, False)
+    _queue_pop_front(a.lrn_q, a.lrn_q_len, a.s, S_LRN_QUEUE_LEN, found + 1)
+    return k - found
+
+
+@njit(cache=True)
+def _update_learning_state(a, cols):
+    _set_copy(a, LRN_ACTIVE_T1, LRN_ACTIVE)
+    _set_copy(a, LRN_PRED_T1, LRN_PRED)
+    if a.p[P_MAX_LRN_BACKTRACK] > 0:
+        _queue_push(a.lrn_q, a.lrn_q_len, a.s, S_LRN_QUEUE_LEN, a.p[P_MAX_LRN_BACKTRACK], cols)
+    _process_segment_updates(a, cols)
+    if a.s[S_PAM_COUNTER] > 0:
+        a.s[S_PAM_COUNTER] -= 1
+    a.s[S_LEARNED_SEQ_LENGTH] += 1
+    pam_length = a.p[P_PAM_LENGTH]
+    if _learn_phase1(a, cols, False):
+        a.s[S_PAM_COUNTER] = pam_length
+    max_seq = a.p[P_MAX_SEQ_LENGTH]
+    if a.s[S_PAM_COUNTER] == 0 or (max_seq != 0 and a.s[S_LEARNED_SEQ_LENGTH] >= max_seq):
+        seq_length = a.s[S_LEARNED_SEQ_LENGTH]
+        if a.s[S_PAM_COUNTER] == 0:
+            seq_length -= pam_length
+        _update_avg_learned_seq_length(a, seq_length)
+        backsteps = _learn_backtrack(a)
+        if backsteps == 0:
+            _set_clear(a, LRN_ACTIVE)
+            cpc = a.p[P_CPC]
+            for c in cols:
+                _set_add(a, LRN_ACTIVE, c * cpc)
+            a.s[S_LRN_QUEUE_LEN] = 0
+        a.s[S_PAM_COUNTER] = pam_length
+        a.s[S_LEARNED_SEQ_LENGTH] = backsteps
+        a.s[S_N_UPDATES] = 0
+    _learn_phase2(a, False)
+
+
+@njit(cache=True)
+def _update_avg_learned_seq_length(a, seq_length):
+    """Diagnostic moving average of NuPIC (kept so the state matches; it drives nothing)."""
+    alpha = np.float32(0.5) if a.s[S_N_LRN_ITERATIONS] < 100 else np.float32(0.1)
+    a.sf[SF_AVG_LEARNED_SEQ_LENGTH] = np.float32(
+        (1.0 - np.float64(alpha)) * np.float64(a.sf[SF_AVG_LEARNED_SEQ_LENGTH])
+        + np.float64(np.float32(alpha * np.float32(seq_length)))
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# one step (§4.3)
+
+
+@njit(cache=True)
+def tm_compute(a, cols, learn):
+    """One ``Cells4::compute`` with inference on; returns the columns of nonzero confidence."""
+    if learn:
+        a.s[S_N_LRN_ITERATIONS] += 1
+    a.s[S_N_ITERATIONS] += 1
+    it = a.s[S_N_LRN_ITERATIONS]
+    if learn:
+        at_tier = False
+        for tier in _DUTY_TIERS:
+            if it == tier:
+                at_tier = True
+        if at_tier:
+            for g in range(a.s[S_N_SLOTS]):
+                if a.seg_len[g] > 0:
+                    _duty_cycle(a, g, it, False, False)
+    n_active = np.float32(cols.shape[0])
+    if a.sf[SF_AVG_INPUT_DENSITY] == 0.0:
+        a.sf[SF_AVG_INPUT_DENSITY] = n_active
+    else:
+        cool_down = np.float32(0.99)
+        a.sf[SF_AVG_INPUT_DENSITY] = np.float32(
+            cool_down * a.sf[SF_AVG_INPUT_DENSITY] + (np.float32(1.0) - cool_down) * n_active
+        )
+    _update_inference_state(a, cols)
+    if learn:
+        _update_learning_state(a, cols)
+    return confident_columns(a)
+
+
+@njit(cache=True)
+def confident_columns(a):
+    """Sorted columns whose confidence is nonzero (the TM's top-down output, §5)."""
+    n = a.col_count[CONF_T]
+    out = np.empty(n, dtype=np.int32)
+    m = 0
+    for j in range(n):
+        c = a.col_list[CONF_T, j]
+        if a.col_conf[CONF_T, c] != 0:
+            out[m] = c
+            m += 1
+    out = out[:m]
+    out.sort()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoint support
+
+
+@njit(cache=True)
+def missing_forward_entries(a):
+    """Flat indices (segment order) of synapses whose forward entry a stale free erased."""
+    n = a.s[S_N_SLOTS]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    for g in range(n):
+        offsets[g + 1] = offsets[g] + a.seg_len[g]
+    has_entry = np.zeros(offsets[n], dtype=np.uint8)
+    for src in range(a.fwd_start.shape[0]):
+        s0 = a.fwd_start[src]
+        for e in range(s0, s0 + a.fwd_len[src]):
+            g = a.fwd_pool[e]
+            lo = 0
+            hi = a.seg_len[g]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if a.syn_src[g, mid] < src:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            has_entry[offsets[g] + lo] = 1
+    return np.flatnonzero(has_entry == 0)
+
+
+@njit(cache=True)
+def _fill_lists(start, length, cap, pool, owner, value, counts):
+    """Lay out lists with the given counts (plus room) and append value[i] to list owner[i]."""
+    w = 0
+    for lst in range(start.shape[0]):
+        n = counts[lst]
+        start[lst] = w
+        length[lst] = 0
+        cap[lst] = n + n // 2 + 4 if n > 0 else 0
+        w += cap[lst]
+    for i in range(owner.shape[0]):
+        lst = owner[i]
+        pool[start[lst] + length[lst]] = value[i]
+        length[lst] += 1
+    return w
+
+
+@njit(cache=True)
+def rebuild_indexes(a, present):
+    """Cell slot lists and the forward index from the segment arrays (after a load)."""
+    n = a.s[S_N_SLOTS]
+    n_cells = a.cell_slot_start.shape[0]
+    counts = np.zeros(n_cells, dtype=np.int64)
+    owner = np.empty(n, dtype=np.int64)
+    value = np.empty(n, dtype=np.int64)
+    for g in range(n):
+        counts[a.seg_cell[g]] += 1
+        owner[g] = a.seg_cell[g]
+        value[g] = g
+    a.s[S_SLOT_POOL_USED] = _fill_lists(
+        a.cell_slot_start, a.cell_slot_len, a.cell_slot_cap, a.slot_pool, owner, value, counts
+    )
+    total = 0
+    for g in range(n):
+        total += a.seg_len[g]
+    counts[:] = 0
+    owner = np.empty(total, dtype=np.int64)
+    value = np.empty(total, dtype=np.int64)
+    m = 0
+    flat = 0
+    for g in range(n):
+        for j in range(a.seg_len[g]):
+            if present[flat] != 0:
+                src = a.syn_src[g, j]
+                counts[src] += 1
+                owner[m] = src
+                value[m] = g
+                m += 1
+            flat += 1
+    a.s[S_FWD_POOL_USED] = _fill_lists(
+        a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, owner[:m], value[:m], counts
+    )
+    a.s[S_FWD_ENTRIES] = m

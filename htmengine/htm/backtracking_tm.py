@@ -1,0 +1,448 @@
+"""NuPIC's backtracking temporal memory (C++ ``Cells4`` behind ``TP10X2``), bit for bit.
+
+The TM is what makes a model slow and large, so its state is a set of flat NumPy arrays (segments,
+synapses, a forward index from source cells to segments) and a whole ``compute`` runs in Numba
+(``_tm_kernels.py``). This module owns those arrays: it creates them, grows them between steps so the
+kernel never runs out of room, and turns them into a compact checkpoint and back.
+
+Behaviour follows htm-algorithms.md §4 for core 0.4.10 (nupic 0.5.6), including its stale-position
+synapse freeing; ``version="0.3.4"`` selects the older freeing sort keys of nupic 0.3.4's core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from htmengine.htm import _tm_kernels as k
+from htmengine.htm.rng import STATE_LENGTH, rng_new
+
+STATE_FORMAT = 1
+_VERSIONS = ("0.5.6", "0.3.4")
+_ERRORS = {
+    k.ERR_POOL_FULL: "a list pool ran out of room inside one step",
+    k.ERR_SEGMENT_TOO_LONG: "a segment outgrew its synapse stride",
+    k.ERR_NO_EVICTABLE_SEGMENT: "a full column had no segment with duty cycle below 1.0",
+}
+
+
+def _uint_dtype(max_value: int) -> np.dtype:
+    """The narrowest unsigned dtype that holds ``max_value``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+class BacktrackingTM:
+    """Backtracking TM with NuPIC's ``Cells4`` semantics (fixed-size segments, two backtracks)."""
+
+    def __init__(
+        self,
+        num_columns: int = 2048,
+        cells_per_column: int = 32,
+        activation_threshold: int = 13,
+        min_threshold: int = 10,
+        new_synapse_count: int = 20,
+        initial_perm: float = 0.21,
+        connected_perm: float = 0.5,
+        permanence_inc: float = 0.1,
+        permanence_dec: float = 0.1,
+        permanence_max: float = 1.0,
+        max_segments_per_cell: int = 128,
+        max_synapses_per_segment: int = 32,
+        pam_length: int = 3,
+        max_inf_backtrack: int = 10,
+        max_lrn_backtrack: int = 5,
+        max_seq_length: int = 32,
+        seed: int = 1960,
+        version: str = "0.5.6",
+    ) -> None:
+        if version not in _VERSIONS:
+            raise ValueError(f"unknown NuPIC version {version!r}; expected one of {_VERSIONS}")
+        if cells_per_column < 2:
+            raise ValueError("cells_per_column must be >= 2 (cell 0 is the start cell)")
+        if max_segments_per_cell <= 0 or max_synapses_per_segment <= 0:
+            raise ValueError("only NuPIC's fixed-size mode is implemented: both maxima must be > 0")
+        self._config: dict[str, Any] = {
+            "num_columns": int(num_columns),
+            "cells_per_column": int(cells_per_column),
+            "activation_threshold": int(activation_threshold),
+            "min_threshold": int(min_threshold),
+            "new_synapse_count": int(new_synapse_count),
+            "initial_perm": float(initial_perm),
+            "connected_perm": float(connected_perm),
+            "permanence_inc": float(permanence_inc),
+            "permanence_dec": float(permanence_dec),
+            "permanence_max": float(permanence_max),
+            "max_segments_per_cell": int(max_segments_per_cell),
+            "max_synapses_per_segment": int(max_synapses_per_segment),
+            "pam_length": int(pam_length),
+            "max_inf_backtrack": int(max_inf_backtrack),
+            "max_lrn_backtrack": int(max_lrn_backtrack),
+            "max_seq_length": int(max_seq_length),
+            "seed": int(seed),
+            "version": version,
+        }
+        self._a = self._allocate(segment_capacity=1024)
+        self._a.rng[:] = rng_new(seed)
+        self._a.s[k.S_PAM_COUNTER] = pam_length
+
+    # ------------------------------------------------------------------------------------------
+    # public API
+
+    @property
+    def num_columns(self) -> int:
+        return self._config["num_columns"]
+
+    @property
+    def n_segments(self) -> int:
+        """Non-empty segments (NuPIC's ``nSegments``)."""
+        return int(self._a.s[k.S_N_SEGMENTS])
+
+    @property
+    def n_synapses(self) -> int:
+        return int(self._a.s[k.S_N_SYNAPSES])
+
+    def compute(self, active_columns: np.ndarray, learn: bool = True) -> np.ndarray:
+        """One step: inference, then learning if ``learn``.
+
+        Returns the sorted columns with nonzero column confidence after the step — the prediction
+        the next step's raw anomaly score is measured against.
+        """
+        cols = np.unique(np.asarray(active_columns, dtype=np.int64)).astype(np.int32)
+        if cols.size and (cols[0] < 0 or cols[-1] >= self.num_columns):
+            raise ValueError(f"active columns must lie in [0, {self.num_columns})")
+        self._reserve(cols.size)
+        predicted = k.tm_compute(self._a, cols, bool(learn))
+        error = int(self._a.s[k.S_ERROR])
+        if error:
+            raise RuntimeError(f"temporal memory state is corrupt: {_ERRORS[error]}")
+        return predicted
+
+    # ------------------------------------------------------------------------------------------
+    # storage
+
+    def _allocate(self, segment_capacity: int) -> k.TMArrays:
+        c = self._config
+        n_cols = c["num_columns"]
+        n_cells = n_cols * c["cells_per_column"]
+        stride = c["max_synapses_per_segment"] + c["new_synapse_count"]
+        p = np.zeros(k.P_SIZE, dtype=np.int64)
+        p[k.P_NCOLS] = n_cols
+        p[k.P_CPC] = c["cells_per_column"]
+        p[k.P_ACT_THRESHOLD] = c["activation_threshold"]
+        p[k.P_MIN_THRESHOLD] = c["min_threshold"]
+        p[k.P_NEW_SYNAPSES] = c["new_synapse_count"]
+        p[k.P_MAX_SEGMENTS] = c["max_segments_per_cell"]
+        p[k.P_MAX_SYNAPSES] = c["max_synapses_per_segment"]
+        p[k.P_PAM_LENGTH] = c["pam_length"]
+        p[k.P_MAX_INF_BACKTRACK] = c["max_inf_backtrack"]
+        p[k.P_MAX_LRN_BACKTRACK] = c["max_lrn_backtrack"]
+        p[k.P_MAX_SEQ_LENGTH] = c["max_seq_length"]
+        p[k.P_STRIDE] = stride
+        p[k.P_FREEING_034] = 1 if c["version"] == "0.3.4" else 0
+        pf = np.zeros(k.PF_SIZE, dtype=np.float32)
+        pf[k.PF_INITIAL] = c["initial_perm"]
+        pf[k.PF_CONNECTED] = c["connected_perm"]
+        pf[k.PF_INC] = c["permanence_inc"]
+        pf[k.PF_DEC] = c["permanence_dec"]
+        pf[k.PF_MAX] = c["permanence_max"]
+        g = segment_capacity
+        inf_rows = c["max_inf_backtrack"] + 2
+        lrn_rows = c["max_lrn_backtrack"] + 2
+        return k.TMArrays(
+            p=p,
+            pf=pf,
+            s=np.zeros(k.S_SIZE, dtype=np.int64),
+            sf=np.zeros(k.SF_SIZE, dtype=np.float32),
+            rng=np.zeros(STATE_LENGTH, dtype=np.uint64),
+            seg_cell=np.zeros(g, dtype=np.int32),
+            seg_slot=np.zeros(g, dtype=np.int32),
+            seg_len=np.zeros(g, dtype=np.int32),
+            seg_nconn=np.zeros(g, dtype=np.int32),
+            seg_seq=np.zeros(g, dtype=np.uint8),
+            seg_total=np.zeros(g, dtype=np.int64),
+            seg_pos=np.zeros(g, dtype=np.int64),
+            seg_last_active=np.zeros(g, dtype=np.int64),
+            seg_dc=np.zeros(g, dtype=np.float32),
+            seg_dc_it=np.zeros(g, dtype=np.int64),
+            seg_free_next=np.full(g, -1, dtype=np.int32),
+            seg_is_free=np.zeros(g, dtype=np.uint8),
+            syn_src=np.zeros((g, stride), dtype=np.int32),
+            syn_perm=np.zeros((g, stride), dtype=np.float32),
+            cell_slot_start=np.zeros(n_cells, dtype=np.int64),
+            cell_slot_len=np.zeros(n_cells, dtype=np.int32),
+            cell_slot_cap=np.zeros(n_cells, dtype=np.int32),
+            slot_pool=np.zeros(4 * n_cells, dtype=np.int32),
+            cell_free_head=np.full(n_cells, -1, dtype=np.int32),
+            fwd_start=np.zeros(n_cells, dtype=np.int64),
+            fwd_len=np.zeros(n_cells, dtype=np.int32),
+            fwd_cap=np.zeros(n_cells, dtype=np.int32),
+            fwd_pool=np.zeros(8 * n_cells, dtype=np.int32),
+            seg_count=np.zeros(g, dtype=np.int32),
+            touched=np.zeros(g, dtype=np.int32),
+            st_flag=np.zeros((k.N_STATES, n_cells), dtype=np.uint8),
+            st_list=np.zeros((k.N_STATES, n_cells), dtype=np.int32),
+            st_count=np.zeros(k.N_STATES, dtype=np.int64),
+            col_conf=np.zeros((2, n_cols), dtype=np.float32),
+            col_list=np.zeros((2, n_cols), dtype=np.int32),
+            col_count=np.zeros(2, dtype=np.int64),
+            inf_q=np.zeros((inf_rows, n_cols), dtype=np.int32),
+            inf_q_len=np.zeros(inf_rows, dtype=np.int32),
+            lrn_q=np.zeros((lrn_rows, n_cols), dtype=np.int32),
+            lrn_q_len=np.zeros(lrn_rows, dtype=np.int32),
+            upd_cell=np.zeros(n_cols, dtype=np.int32),
+            upd_seg=np.zeros(n_cols, dtype=np.int32),
+            upd_seq=np.zeros(n_cols, dtype=np.uint8),
+            upd_time=np.zeros(n_cols, dtype=np.int64),
+            upd_len=np.zeros(n_cols, dtype=np.int32),
+            upd_src=np.zeros((n_cols, stride), dtype=np.int32),
+            col_flag=np.zeros(n_cols, dtype=np.uint8),
+            col_best=np.full(n_cols, -1, dtype=np.int32),
+            scr_src=np.zeros(2 * stride, dtype=np.int32),
+            scr_perm=np.zeros(2 * stride, dtype=np.float32),
+            scr_dec=np.zeros(2 * stride, dtype=np.int32),
+            scr_inc=np.zeros(2 * stride, dtype=np.int32),
+            scr_new=np.zeros(2 * stride, dtype=np.int32),
+            scr_removed=np.zeros(4 * stride, dtype=np.int32),
+            scr_upd=np.zeros(2 * stride, dtype=np.int32),
+            scr_on=np.zeros(n_cells, dtype=np.int32),
+            scr_cand=np.zeros(n_cells, dtype=np.int64),
+        )
+
+    def _reserve(self, n_active: int) -> None:
+        """Grow arrays so one step with ``n_active`` columns cannot run out of room."""
+        a = self._a
+        c = self._config
+        passes = c["max_lrn_backtrack"] + 2
+        new_segments = passes * n_active + 1
+        needed = int(a.s[k.S_N_SLOTS]) + new_segments
+        if needed > a.seg_cell.shape[0]:
+            self._grow_segments(max(needed, a.seg_cell.shape[0] * 3 // 2))
+        new_synapses = 2 * passes * n_active * c["new_synapse_count"]
+        self._reserve_pool("fwd", k.S_FWD_POOL_USED, 2 * new_synapses + 1024)
+        self._reserve_pool("slot", k.S_SLOT_POOL_USED, 4 * new_segments + 1024)
+
+    def _grow_segments(self, capacity: int) -> None:
+        a = self._a
+        n = int(a.s[k.S_N_SLOTS])
+        grown = {}
+        for name in k.TMArrays._fields:
+            if not (name.startswith("seg_") or name.startswith("syn_") or name == "touched"):
+                continue
+            old = getattr(a, name)
+            fill = -1 if name == "seg_free_next" else 0
+            new = np.full((capacity,) + old.shape[1:], fill, dtype=old.dtype)
+            keep = a.s[k.S_N_TOUCHED] if name == "touched" else n
+            new[:keep] = old[:keep]
+            grown[name] = new
+        self._a = a._replace(**grown)
+
+    def _reserve_pool(self, which: str, used_key: int, margin: int) -> None:
+        a = self._a
+        if which == "fwd":
+            start, length, cap, pool = a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool
+        else:
+            start, length, cap, pool = (
+                a.cell_slot_start,
+                a.cell_slot_len,
+                a.cell_slot_cap,
+                a.slot_pool,
+            )
+        if int(a.s[used_key]) + margin <= pool.shape[0]:
+            return
+        target = 2 * (int(length.sum()) + margin) + 4 * start.shape[0]
+        if target > pool.shape[0]:
+            grown = np.zeros(target, dtype=pool.dtype)
+            grown[: pool.shape[0]] = pool
+            pool = grown
+            self._a = a._replace(**{"fwd_pool" if which == "fwd" else "slot_pool": pool})
+        a.s[used_key] = k.pool_compact(start, length, cap, pool)
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoint
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically, in the narrowest exact dtypes."""
+        a = self._a
+        c = self._config
+        n_cells = c["num_columns"] * c["cells_per_column"]
+        cell_dtype = _uint_dtype(n_cells - 1)
+        col_dtype = _uint_dtype(c["num_columns"] - 1)
+        n = int(a.s[k.S_N_SLOTS])
+        lengths = a.seg_len[:n]
+        stride = a.syn_src.shape[1]
+        mask = np.arange(stride)[None, :] < lengths[:, None]
+        src = a.syn_src[:n][mask]
+        perm = a.syn_perm[:n][mask]
+        perm_values, perm_index = np.unique(perm, return_inverse=True)
+        missing = k.missing_forward_entries(a)
+        iteration_dtype = _uint_dtype(int(a.s[k.S_N_LRN_ITERATIONS]))
+        n_upd = int(a.s[k.S_N_UPDATES])
+        upd_lengths = a.upd_len[:n_upd]
+        upd_mask = np.arange(stride)[None, :] < upd_lengths[:, None]
+        inf_n = int(a.s[k.S_INF_QUEUE_LEN])
+        lrn_n = int(a.s[k.S_LRN_QUEUE_LEN])
+        conf_cols = np.sort(a.col_list[k.CONF_T, : a.col_count[k.CONF_T]])
+        state: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            "config": dict(c),
+            "n_iterations": int(a.s[k.S_N_ITERATIONS]),
+            "n_lrn_iterations": int(a.s[k.S_N_LRN_ITERATIONS]),
+            "pam_counter": int(a.s[k.S_PAM_COUNTER]),
+            "learned_seq_length": int(a.s[k.S_LEARNED_SEQ_LENGTH]),
+            "float_scalars": a.sf.copy(),
+            "rng": a.rng.astype(np.uint32),
+            "seg_cell": a.seg_cell[:n].astype(cell_dtype),
+            "seg_slot": a.seg_slot[:n].astype(_uint_dtype(c["max_segments_per_cell"])),
+            "seg_len": lengths.astype(_uint_dtype(stride)),
+            "seg_seq": a.seg_seq[:n].copy(),
+            "seg_total": a.seg_total[:n].astype(_uint_dtype(int(a.seg_total[:n].max(initial=0)))),
+            "seg_pos": a.seg_pos[:n].astype(_uint_dtype(int(a.seg_pos[:n].max(initial=0)))),
+            "seg_last_active": a.seg_last_active[:n].astype(iteration_dtype),
+            "seg_dc": a.seg_dc[:n].copy(),
+            "seg_dc_it": a.seg_dc_it[:n].astype(iteration_dtype),
+            "free_segments": self._free_segments_in_push_order(),
+            "syn_src": src.astype(cell_dtype),
+            "syn_perm_values": perm_values.astype(np.float32),
+            "syn_perm_index": perm_index.astype(_uint_dtype(max(perm_values.size - 1, 0))),
+            "syn_missing_forward": missing.astype(_uint_dtype(max(src.size, 1))),
+            "inf_active": np.sort(self._members(k.INF_ACTIVE)).astype(cell_dtype),
+            "inf_predicted": np.sort(self._members(k.INF_PRED)).astype(cell_dtype),
+            "lrn_active": np.sort(self._members(k.LRN_ACTIVE)).astype(cell_dtype),
+            "lrn_predicted": np.sort(self._members(k.LRN_PRED)).astype(cell_dtype),
+            "conf_columns": conf_cols.astype(col_dtype),
+            "conf_values": a.col_conf[k.CONF_T, conf_cols].copy(),
+            "inf_queue_len": a.inf_q_len[:inf_n].astype(col_dtype),
+            "inf_queue": np.concatenate(
+                [a.inf_q[i, : a.inf_q_len[i]] for i in range(inf_n)] or [np.zeros(0, np.int32)]
+            ).astype(col_dtype),
+            "lrn_queue_len": a.lrn_q_len[:lrn_n].astype(col_dtype),
+            "lrn_queue": np.concatenate(
+                [a.lrn_q[i, : a.lrn_q_len[i]] for i in range(lrn_n)] or [np.zeros(0, np.int32)]
+            ).astype(col_dtype),
+            "upd_cell": a.upd_cell[:n_upd].astype(cell_dtype),
+            "upd_seg": a.upd_seg[:n_upd].copy(),
+            "upd_seq": a.upd_seq[:n_upd].copy(),
+            "upd_time": a.upd_time[:n_upd].astype(iteration_dtype),
+            "upd_len": upd_lengths.astype(_uint_dtype(stride)),
+            "upd_src": a.upd_src[:n_upd][upd_mask].astype(cell_dtype),
+        }
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> BacktrackingTM:
+        """Rebuild a TM from :meth:`get_state`'s dict (forward index and slot lists included)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported BacktrackingTM state format {state.get('format')!r}")
+        config = dict(state["config"])
+        tm = cls(**config)
+        seg_len = np.asarray(state["seg_len"], dtype=np.int32)
+        n = seg_len.size
+        tm._a = tm._allocate(segment_capacity=max(1024, n * 3 // 2))
+        a = tm._a
+        a.s[k.S_N_ITERATIONS] = state["n_iterations"]
+        a.s[k.S_N_LRN_ITERATIONS] = state["n_lrn_iterations"]
+        a.s[k.S_PAM_COUNTER] = state["pam_counter"]
+        a.s[k.S_LEARNED_SEQ_LENGTH] = state["learned_seq_length"]
+        a.sf[:] = np.asarray(state["float_scalars"], dtype=np.float32)
+        rng = np.asarray(state["rng"])
+        if rng.shape != (STATE_LENGTH,):
+            raise ValueError(f"TM RNG state must have {STATE_LENGTH} words, got {rng.shape}")
+        a.rng[:] = rng.astype(np.uint64)
+
+        a.seg_cell[:n] = state["seg_cell"]
+        a.seg_slot[:n] = state["seg_slot"]
+        a.seg_len[:n] = seg_len
+        a.seg_seq[:n] = state["seg_seq"]
+        a.seg_total[:n] = state["seg_total"]
+        a.seg_pos[:n] = state["seg_pos"]
+        a.seg_last_active[:n] = state["seg_last_active"]
+        a.seg_dc[:n] = state["seg_dc"]
+        a.seg_dc_it[:n] = state["seg_dc_it"]
+        a.s[k.S_N_SLOTS] = n
+        stride = a.syn_src.shape[1]
+        if n and int(seg_len.max()) > stride:
+            raise ValueError("a segment in the state is longer than this TM's synapse stride")
+        mask = np.arange(stride)[None, :] < seg_len[:, None]
+        perm = np.asarray(state["syn_perm_values"], dtype=np.float32)[
+            np.asarray(state["syn_perm_index"], dtype=np.int64)
+        ]
+        a.syn_src[:n][mask] = state["syn_src"]
+        a.syn_perm[:n][mask] = perm
+        connected = a.syn_perm[:n] >= a.pf[k.PF_CONNECTED]
+        a.seg_nconn[:n] = (connected & mask).sum(axis=1)
+        a.s[k.S_N_SEGMENTS] = int(np.count_nonzero(seg_len))
+        a.s[k.S_N_SYNAPSES] = int(seg_len.sum())
+        for g in np.asarray(state["free_segments"], dtype=np.int64):
+            cell = a.seg_cell[g]
+            a.seg_free_next[g] = a.cell_free_head[cell]
+            a.cell_free_head[cell] = g
+            a.seg_is_free[g] = 1
+        present = np.ones(int(seg_len.sum()), dtype=np.uint8)
+        present[np.asarray(state["syn_missing_forward"], dtype=np.int64)] = 0
+        n_lists = a.cell_slot_start.shape[0]
+        tm._a = a = a._replace(
+            slot_pool=np.zeros(2 * n + 4 * n_lists + 1024, dtype=np.int32),
+            fwd_pool=np.zeros(2 * present.size + 4 * n_lists + 1024, dtype=np.int32),
+        )
+        k.rebuild_indexes(a, present)
+
+        for key, set_id in (
+            ("inf_active", k.INF_ACTIVE),
+            ("inf_predicted", k.INF_PRED),
+            ("lrn_active", k.LRN_ACTIVE),
+            ("lrn_predicted", k.LRN_PRED),
+        ):
+            tm._set_members(set_id, np.asarray(state[key], dtype=np.int32))
+        conf_cols = np.asarray(state["conf_columns"], dtype=np.int32)
+        a.col_list[k.CONF_T, : conf_cols.size] = conf_cols
+        a.col_count[k.CONF_T] = conf_cols.size
+        a.col_conf[k.CONF_T, conf_cols] = np.asarray(state["conf_values"], dtype=np.float32)
+        for prefix, queue, lengths_arr, len_key in (
+            ("inf", a.inf_q, a.inf_q_len, k.S_INF_QUEUE_LEN),
+            ("lrn", a.lrn_q, a.lrn_q_len, k.S_LRN_QUEUE_LEN),
+        ):
+            lengths = np.asarray(state[f"{prefix}_queue_len"], dtype=np.int64)
+            flat = np.asarray(state[f"{prefix}_queue"], dtype=np.int32)
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            for i, m in enumerate(lengths):
+                queue[i, :m] = flat[offsets[i] : offsets[i + 1]]
+                lengths_arr[i] = m
+            a.s[len_key] = lengths.size
+        n_upd = len(state["upd_len"])
+        upd_len = np.asarray(state["upd_len"], dtype=np.int32)
+        a.upd_cell[:n_upd] = state["upd_cell"]
+        a.upd_seg[:n_upd] = state["upd_seg"]
+        a.upd_seq[:n_upd] = state["upd_seq"]
+        a.upd_time[:n_upd] = state["upd_time"]
+        a.upd_len[:n_upd] = upd_len
+        upd_mask = np.arange(stride)[None, :] < upd_len[:, None]
+        a.upd_src[:n_upd][upd_mask] = state["upd_src"]
+        a.s[k.S_N_UPDATES] = n_upd
+        return tm
+
+    def _members(self, set_id: int) -> np.ndarray:
+        return self._a.st_list[set_id, : self._a.st_count[set_id]].copy()
+
+    def _set_members(self, set_id: int, cells: np.ndarray) -> None:
+        a = self._a
+        a.st_flag[set_id, :] = 0
+        a.st_flag[set_id, cells] = 1
+        a.st_list[set_id, : cells.size] = cells
+        a.st_count[set_id] = cells.size
+
+    def _free_segments_in_push_order(self) -> np.ndarray:
+        """Each cell's free slots, oldest push first, so pushing them again rebuilds the stacks."""
+        a = self._a
+        out: list[int] = []
+        for cell in np.flatnonzero(a.cell_free_head >= 0):
+            stack = []
+            g = int(a.cell_free_head[cell])
+            while g >= 0:
+                stack.append(g)
+                g = int(a.seg_free_next[g])
+            out.extend(reversed(stack))
+        return np.asarray(out, dtype=_uint_dtype(max(int(a.s[k.S_N_SLOTS]), 1)))
