@@ -488,34 +488,52 @@ def get_custom_metric_uids(conn: Connection, names: Iterable[str]) -> dict[str, 
     return found
 
 
-def lock_metrics_for_append(conn: Connection, uids: Iterable[str]) -> dict[str, Row]:
+class LockedMetric(NamedTuple):
+    """A metric row locked for appending, with the timestamp of its row at last_rowid."""
+
+    uid: str
+    status: int
+    last_rowid: int | None
+    last_timestamp: datetime.datetime | None
+
+
+def lock_metrics_for_append(conn: Connection, uids: Iterable[str]) -> dict[str, LockedMetric]:
     """Lock many metric rows (in uid order, so concurrent storers cannot deadlock) and return
     {uid: (uid, status, last_rowid, last_timestamp)}; last_timestamp is the timestamp of the row
     at last_rowid (None when the metric has no rows). Missing uids are absent from the result.
+
+    Only the metric rows are locked: the last rows' timestamps come from a second, plain read.
+    (MariaDB ignores ``FOR UPDATE OF``, so one joined locking read would also lock each metric's
+    newest metric_data row, which the anomaly service updates before it locks the metric row:
+    a deadlock.) Under READ COMMITTED the plain read sees everything committed before the locks.
     """
-    last_row = metric_data.alias("last_row")
-    locked: dict[str, Row] = {}
+    locked: dict[str, LockedMetric] = {}
     for chunk in _chunks(sorted(set(uids)), _ROWS_PER_STATEMENT):
-        query = (
-            sa.select(
-                metric.c.uid,
-                metric.c.status,
-                metric.c.last_rowid,
-                last_row.c.timestamp.label("last_timestamp"),
-            )
+        lock_query = (
+            sa.select(metric.c.uid, metric.c.status, metric.c.last_rowid)
+            .where(metric.c.uid.in_(chunk))
+            .order_by(metric.c.uid)
+            .with_for_update()
+        )
+        rows = conn.execute(lock_query).all()
+        timestamps_query = (
+            sa.select(metric_data.c.uid, metric_data.c.timestamp)
             .select_from(
-                metric.outerjoin(
-                    last_row,
+                metric.join(
+                    metric_data,
                     sa.and_(
-                        last_row.c.uid == metric.c.uid, last_row.c.rowid == metric.c.last_rowid
+                        metric_data.c.uid == metric.c.uid,
+                        metric_data.c.rowid == metric.c.last_rowid,
                     ),
                 )
             )
             .where(metric.c.uid.in_(chunk))
-            .order_by(metric.c.uid)
-            .with_for_update(of=metric)
         )
-        locked.update({row.uid: row for row in conn.execute(query)})
+        last_timestamps = dict(conn.execute(timestamps_query).all())
+        for row in rows:
+            locked[row.uid] = LockedMetric(
+                row.uid, row.status, row.last_rowid, last_timestamps.get(row.uid)
+            )
     return locked
 
 

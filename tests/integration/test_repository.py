@@ -517,3 +517,23 @@ def test_upgrade_adopts_a_database_of_the_original_htmengine(app, monkeypatch) -
     finally:
         engine.dispose()
         migrate.drop_database()
+
+
+def test_locking_metrics_for_append_leaves_their_data_rows_unlocked(
+    engine: sa.Engine, uid: str
+) -> None:
+    with engine.begin() as conn:
+        queries.add_metric_data(conn, uid, _samples(3))
+    with engine.begin() as storer:
+        locked = queries.lock_metrics_for_append(storer, [uid, "missing"])
+        assert list(locked) == [uid]
+        assert (locked[uid].status, locked[uid].last_rowid, locked[uid].last_timestamp) == (
+            0,
+            3,
+            _samples(3)[-1][0],
+        )
+        # The anomaly service scores the newest row while the storer holds the metric lock.
+        with engine.begin() as scorer:
+            scorer.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
+            update = queries.ScoreUpdate(3, 0.5, 0.5, 1000, None)
+            assert queries.update_metric_data_scores(scorer, uid, [update]) == 1
