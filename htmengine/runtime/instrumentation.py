@@ -6,13 +6,25 @@ and serves it on its configured ``metrics_port`` at ``/metrics``.
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> None:
-    """Serve `registry` at http://host:port/metrics from a daemon thread (port 0: don't serve)."""
-    if port:
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> bool:
+    """Serve `registry` at http://host:port/metrics from a daemon thread (port 0: don't serve).
+
+    Returns False when the port is taken: with several processes of one program (supervisord
+    numprocs) the first one serves its counters and the others run without.
+    """
+    if not port:
+        return False
+    try:
         start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("not serving /metrics on port %d: %s", port, exc)
+        return False
+    return True
 
 
 class ListenerMetrics:

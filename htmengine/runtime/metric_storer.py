@@ -132,6 +132,8 @@ class MetricStorer:
         self.bus.declare_queue(self.queue_name)
         self.bus.declare_queue(self.rejected_queue)
         self.log.info("storing from queue %s (prefetch %d)", self.queue_name, self.prefetch)
+        # Half the prefetch window: the broker delivers the next batch while this one is stored.
+        batch_messages = max(1, self.prefetch // 2)
         pending: list[Message] = []
         first_arrival = 0.0
         deliveries = self.bus.consume(
@@ -143,7 +145,7 @@ class MetricStorer:
                     first_arrival = time.monotonic()
                 pending.append(message)
                 if (
-                    len(pending) < self.prefetch
+                    len(pending) < batch_messages
                     and time.monotonic() - first_arrival < MAX_BATCH_AGE_SEC
                 ):
                     continue
@@ -243,7 +245,7 @@ class MetricStorer:
     def _count(self, stored: list[StoredRows], outcome: BatchOutcome) -> None:
         out_of_order = duplicate = metric_error = rows = 0
         for result in stored:
-            rows += len(result.rows)
+            rows += len(result.samples)
             out_of_order += result.dropped_out_of_order
             duplicate += result.dropped_duplicate
             metric_error += result.dropped_metric_error

@@ -48,24 +48,29 @@ def to_epoch_seconds(timestamp: datetime.datetime) -> int:
 class StoredRows:
     """What one metric got from one transaction: the new rows and what was dropped.
 
-    `status` is the metric's status under the row lock when the rows were stored; rows are
-    ``(rowid, naive UTC datetime, value)`` in rowid order (empty when everything was dropped).
+    `status` is the metric's status under the row lock when the rows were stored. The new rows
+    are numbered `first_rowid`, `first_rowid + 1`, ... in the order of `samples`.
     """
 
     uid: str
     status: MetricStatus
-    rows: list[tuple[int, datetime.datetime, float]] = field(default_factory=list)
+    first_rowid: int = 0
+    samples: list[Sample] = field(default_factory=list)
     dropped_out_of_order: int = 0
     dropped_duplicate: int = 0
     dropped_metric_error: int = 0
 
     @property
-    def first_rowid(self) -> int | None:
-        return self.rows[0][0] if self.rows else None
+    def rows(self) -> list[tuple[int, datetime.datetime, float]]:
+        """The new rows as ``(rowid, naive UTC datetime, value)`` in rowid order."""
+        return [
+            (rowid, to_datetime(seconds), value)
+            for rowid, (seconds, value) in enumerate(self.samples, self.first_rowid)
+        ]
 
     @property
     def last_rowid(self) -> int | None:
-        return self.rows[-1][0] if self.rows else None
+        return self.first_rowid + len(self.samples) - 1 if self.samples else None
 
 
 def scrub(samples: Iterable[Sample], last_timestamp: int | None) -> tuple[list[Sample], int, int]:
@@ -129,7 +134,7 @@ class MetricStreamer:
             raise MissingMetricsError(missing)
         results: list[StoredRows] = []
         new_last_rowids: dict[str, int] = {}
-        rows_to_insert: list[tuple[str, int, datetime.datetime, float]] = []
+        rows_to_insert: list[tuple[str, int, int, float]] = []
         for uid in sorted(samples_by_uid):
             samples = samples_by_uid[uid]
             state = locked[uid]
@@ -147,14 +152,13 @@ class MetricStreamer:
             )
             if not accepted:
                 continue
-            next_rowid = (state.last_rowid or 0) + 1
-            rows = [
-                (rowid, to_datetime(seconds), value)
-                for rowid, (seconds, value) in enumerate(accepted, next_rowid)
-            ]
-            stored.rows = rows
-            new_last_rowids[uid] = rows[-1][0]
-            rows_to_insert.extend((uid, rowid, ts, value) for rowid, ts, value in rows)
+            stored.first_rowid = (state.last_rowid or 0) + 1
+            stored.samples = accepted
+            new_last_rowids[uid] = stored.last_rowid
+            rows_to_insert.extend(
+                (uid, rowid, seconds, value)
+                for rowid, (seconds, value) in enumerate(accepted, stored.first_rowid)
+            )
         if new_last_rowids:
             queries.set_last_rowids(conn, new_last_rowids)
             queries.insert_metric_data_rows(conn, rows_to_insert)
