@@ -275,3 +275,16 @@ def test_listener_and_storer_survive_a_rabbitmq_restart(ingestion) -> None:
     assert {name: supervisor.pid(name) for name in pids} == pids, "a service restarted"
     rows = stored_rows()["restart.m"]
     assert [(rowid, ts - BASE_TS) for rowid, ts, _ in rows] == [(i + 1, i) for i in range(21_000)]
+
+
+def test_udp_datagrams_are_validated_and_stored(ingestion) -> None:
+    app, _ = ingestion
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(
+            b"udp.m 1.5 1370000000\nudp.m oops 1370000001\n", ("127.0.0.1", app.ports["udp"])
+        )
+        sock.sendto(b"udp.m 2.5 1370000002", ("127.0.0.1", app.ports["udp"]))
+    wait_until(lambda: row_count() == 2, 30, "2 rows")
+    assert stored_rows() == {"udp.m": [(1, 1370000000, 1.5), (2, 1370000002, 2.5)]}
+    listener = read_counters(app.ports["listener_metrics"])
+    assert counter_sum(listener, "htmengine_listener_lines_rejected_total") == 1

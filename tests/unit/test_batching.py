@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from types import SimpleNamespace
 
@@ -175,3 +176,89 @@ def test_framing_is_independent_of_chunk_boundaries(data: bytes, cuts: list[int]
     if expected and expected[-1] == b"":
         expected.pop()
     assert whole == expected
+
+
+class FakeTransport:
+    """Records what the listener asks of a TCP transport."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.closed = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _ingest(max_buffered_lines: int, max_connections: int = 10, idle_timeout_sec: float = 300):
+    from htmengine.runtime.instrumentation import ListenerMetrics
+    from htmengine.runtime.metric_listener import Ingest
+
+    settings = SimpleNamespace(
+        max_line_bytes=16384,
+        batch_max_lines=2,
+        batch_max_delay_sec=0.05,
+        max_connections=max_connections,
+        idle_timeout_sec=idle_timeout_sec,
+    )
+    loop = asyncio.new_event_loop()
+    buffer = OutboundBuffer(max_buffered_lines)
+    ingest = Ingest(loop, settings, buffer, ListenerMetrics(), logging.getLogger("test"))  # type: ignore[arg-type]
+    return ingest, buffer, loop
+
+
+def _connect(ingest) -> tuple[PlaintextLineReceiver, FakeTransport]:
+    receiver = PlaintextLineReceiver(ingest)
+    transport = FakeTransport()
+    receiver.connection_made(transport)  # type: ignore[arg-type]
+    return receiver, transport
+
+
+def test_a_full_buffer_pauses_every_connection_until_half_drained() -> None:
+    ingest, buffer, loop = _ingest(max_buffered_lines=4)
+    try:
+        _, first = _connect(ingest)
+        receiver, second = _connect(ingest)
+        receiver.data_received(b"m 1 1\nm 2 2\nbad\nm 3 3\nm 4 4\n")
+        assert buffer.lines == 4 and first.paused and second.paused
+        _, late = _connect(ingest)
+        assert late.paused, "a connection made while full starts paused"
+        buffer.done(buffer.get(timeout=0))
+        assert first.paused, "still above half: no resume yet"
+        buffer.done(buffer.get(timeout=0))
+        ingest.resume_all()
+        assert not (first.paused or second.paused or late.paused)
+        assert ingest.metrics.lines_rejected.labels("expected 3 fields")._value.get() == 1
+    finally:
+        loop.close()
+
+
+def test_connections_beyond_the_limit_are_refused_and_idle_ones_closed() -> None:
+    ingest, _, loop = _ingest(max_buffered_lines=100, max_connections=2, idle_timeout_sec=10)
+    try:
+        idle, idle_transport = _connect(ingest)
+        busy, busy_transport = _connect(ingest)
+        _, refused = _connect(ingest)
+        assert refused.closed and len(ingest.receivers) == 2
+        idle.last_activity -= 11
+        ingest.close_idle()
+        assert idle_transport.closed and not busy_transport.closed
+    finally:
+        loop.close()
+
+
+def test_pending_lines_leave_when_the_delay_passes() -> None:
+    ingest, buffer, loop = _ingest(max_buffered_lines=100)
+    try:
+        receiver, _ = _connect(ingest)
+        receiver.data_received(b"m 1 1\n")
+        assert buffer.lines == 0
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert buffer.get(timeout=0) == [b"m 1 1"]
+    finally:
+        loop.close()
