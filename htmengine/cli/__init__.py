@@ -9,6 +9,7 @@ one line on stderr with a non-zero exit code.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -78,5 +79,14 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Library log records (the bus's reconnect warnings, ...) stay quiet unless HTMENGINE_LOG_LEVEL
+    asks for them: the CLI reports what matters itself, one line per failure.
+    """
+    level = logging.getLevelName(os.environ.get("HTMENGINE_LOG_LEVEL", "CRITICAL").upper())
+    logging.basicConfig(
+        level=level if isinstance(level, int) else logging.CRITICAL,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     cli(prog_name="htmengine")

@@ -35,6 +35,9 @@ _SCORE_COLUMNS = (
     "display_value",
 )
 
+# Seconds `watch` keeps trying to reach a broker that went away (e.g. restarted) before it gives up.
+WATCH_RECONNECT_SEC = 120.0
+
 # Header of command results on the results exchange (facts: dataType "model-cmd-result").
 _COMMAND_RESULT_TYPE = "model-cmd-result"
 
@@ -154,7 +157,7 @@ def render_plot(name: str, rows: Sequence[Any], threshold: float, output: str) -
         )
     value_axes.set_ylabel("value")
     value_axes.set_title(f"{name}: {len(rows)} rows, {int(over.sum())} over {threshold:g}")
-    value_axes.legend(loc="upper left")
+    value_axes.legend(loc="best")
     score_axes.plot(times, raw, color="0.6", linewidth=0.6, label="raw anomaly")
     score_axes.plot(times, score, color="tab:orange", linewidth=1.0, label="anomaly score")
     score_axes.axhline(threshold, color="tab:red", linestyle="--", linewidth=0.8)
@@ -163,7 +166,7 @@ def render_plot(name: str, rows: Sequence[Any], threshold: float, output: str) -
     score_axes.set_ylim(-0.02, 1.02)
     score_axes.set_ylabel("score")
     score_axes.set_xlabel("time (UTC)")
-    score_axes.legend(loc="upper left")
+    score_axes.legend(loc="best")
     figure.savefig(output, format="png")
     return int(over.sum())
 
@@ -248,39 +251,71 @@ def watch(
     ensure_config_dir()
     from htmengine.bus import MessageBus
     from htmengine.config import get_app_config
+    from htmengine.exceptions import MessageQueueNotFound
 
     exchange = get_app_config().get("metric_streamer", "results_exchange_name")
     queue = f"{exchange}.watch.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    wanted = set(metrics)
-    printed = 0
+    printer = _ResultPrinter(set(metrics), count, output_format)
     with MessageBus(reconnect_timeout=CONNECT_TIMEOUT_SEC) as bus:
-        bus.declare_exchange(exchange, "fanout", durable=True)
-        bus.declare_queue(queue, durable=False, exclusive=True, auto_delete=True)
-        bus.bind_queue(queue, exchange)
+        _bind_private_queue(bus, exchange, queue)
+        # Started: from now on ride out a broker restart instead of failing at once.
+        bus.reconnect_timeout = WATCH_RECONNECT_SEC
         click.echo(f"watching {exchange} through queue {queue} (Ctrl-C to stop)", err=True)
         try:
-            for message in bus.consume(queue, prefetch=100, inactivity_timeout=timeout):
-                if message is None:
-                    click.echo(f"no results for {timeout:g} s; stopping", err=True)
-                    return
-                message.ack()
+            while True:
                 try:
-                    records = result_records(decode_result(message.body), message.headers)
-                except (zlib.error, ValueError, KeyError, TypeError, AttributeError) as exc:
-                    click.echo(f"skipping an undecodable message ({exc})", err=True)
-                    continue
-                for record in records:
-                    if wanted and record["metric"] not in wanted:
-                        continue
-                    click.echo(
-                        json.dumps(record) if output_format == "json" else format_record(record)
-                    )
-                    if record["kind"] == "score":
-                        printed += 1
-                        if count is not None and printed >= count:
+                    for message in bus.consume(queue, prefetch=100, inactivity_timeout=timeout):
+                        if message is None:
+                            click.echo(f"no results for {timeout:g} s; stopping", err=True)
                             return
+                        message.ack()
+                        if printer.show(message.body, message.headers):
+                            return
+                except MessageQueueNotFound:
+                    pass
+                # The private queue went away with a lost connection (or was deleted).
+                _bind_private_queue(bus, exchange, queue)
+                click.echo(
+                    "reconnected to the broker; results published meanwhile were missed", err=True
+                )
         except KeyboardInterrupt:
             return
+
+
+def _bind_private_queue(bus: Any, exchange: str, queue: str) -> None:
+    bus.declare_exchange(exchange, "fanout", durable=True)
+    bus.declare_queue(queue, durable=False, exclusive=True, auto_delete=True)
+    bus.bind_queue(queue, exchange)
+
+
+class _ResultPrinter:
+    """Prints the records of results-exchange messages; knows when `count` scores were shown."""
+
+    def __init__(self, metrics: set[str], count: int | None, output_format: str) -> None:
+        self.metrics = metrics
+        self.count = count
+        self.output_format = output_format
+        self.scores_shown = 0
+
+    def show(self, body: bytes, headers: dict[str, Any]) -> bool:
+        """Print one message's records; True once `count` scored rows have been printed."""
+        try:
+            records = result_records(decode_result(body), headers)
+        except (zlib.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+            click.echo(f"skipping an undecodable message ({exc})", err=True)
+            return False
+        for record in records:
+            if self.metrics and record["metric"] not in self.metrics:
+                continue
+            if self.output_format == "json":
+                click.echo(json.dumps(record))
+            else:
+                click.echo(format_record(record))
+            if record["kind"] == "score":
+                self.scores_shown += 1
+                if self.count is not None and self.scores_shown >= self.count:
+                    return True
+        return False
 
 
 COMMANDS = [scores, plot, watch]

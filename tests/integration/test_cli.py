@@ -6,6 +6,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -102,10 +103,13 @@ def scrape(port: int) -> dict[str, float]:
     }
 
 
+SERVICES = ["anomaly_service", "metric_listener", "metric_storer", "model_scheduler"]
+
+
 @pytest.fixture(scope="module")
-def ingest_suite(app: TestApp) -> Iterator[Supervisor]:
-    """supervisord running the listener and the storer for this module's tests."""
-    supervisor = Supervisor(app, ["metric_listener", "metric_storer"])
+def suite(app: TestApp) -> Iterator[Supervisor]:
+    """supervisord running every service, for the rest of this module once started."""
+    supervisor = Supervisor(app)
     supervisor.start()
     try:
         yield supervisor
@@ -260,6 +264,9 @@ def test_unreachable_mysql_is_a_one_line_error(app: TestApp, monkeypatch) -> Non
 # -- models through the custom datasource adapter ---------------------------------------------
 
 
+MONITORED = {"CREATE_PENDING", "ACTIVE"}
+
+
 def metric_status(name: str) -> str:
     from htmengine.repository import MetricStatus, get_engine, queries
 
@@ -280,17 +287,21 @@ def test_monitor_unmonitor_force_export_import_delete(clean_db: TestApp, tmp_pat
 
     monitored = run("monitor", "disk", "--min", "0", "--max", "100", "--min-resolution", "0.5")
     assert monitored.exit_code == 0, monitored.output
-    assert monitored.stdout.strip() == f"monitoring disk (uid {uid}): status CREATE_PENDING"
-    stored = json.loads(run("metrics", "--format", "json").stdout)
-    assert stored[0]["status"] == "CREATE_PENDING"
+    # ACTIVE once a model scheduler and anomaly service confirm it (if a suite is running).
+    assert re.fullmatch(
+        f"monitoring disk \\(uid {uid}\\): status (CREATE_PENDING|ACTIVE)", monitored.stdout.strip()
+    )
+    assert metric_status("disk") in MONITORED
 
     again = run("monitor", "disk", "--min", "0", "--max", "100")
     assert_one_line_error(again, "already monitored", "--force")
 
     forced = run("monitor", "disk", "--min", "0", "--max", "50", "--force")
     assert forced.exit_code == 0, forced.output
-    assert forced.stdout.splitlines()[0] == "unmonitored disk (was CREATE_PENDING)"
-    assert metric_status("disk") == "CREATE_PENDING"
+    assert re.fullmatch(
+        "unmonitored disk \\(was (CREATE_PENDING|ACTIVE)\\)", forced.stdout.splitlines()[0]
+    )
+    assert metric_status("disk") in MONITORED
 
     exported_path = tmp_path / "disk.json"
     exported = run("export", "disk", "-o", str(exported_path))
@@ -313,7 +324,7 @@ def test_monitor_unmonitor_force_export_import_delete(clean_db: TestApp, tmp_pat
     imported = run("import", str(exported_path))
     assert imported.exit_code == 0, imported.output
     assert imported.stdout.startswith("imported disk (uid ")
-    assert metric_status("disk") == "CREATE_PENDING"
+    assert metric_status("disk") in MONITORED
     assert row_count("disk") == 10
 
 
@@ -342,7 +353,7 @@ def test_monitor_and_import_reject_bad_input_with_one_line(
 
 
 def test_send_replays_a_nab_csv_and_counts_accepted_lines(
-    clean_db: TestApp, ingest_suite: Supervisor, tmp_path: Path
+    clean_db: TestApp, suite: Supervisor, tmp_path: Path
 ) -> None:
     path = write_nab_csv(tmp_path / "nab.csv", 250)
 
@@ -359,7 +370,7 @@ def test_send_replays_a_nab_csv_and_counts_accepted_lines(
 
 
 def test_send_with_a_rate_paces_and_still_counts(
-    clean_db: TestApp, ingest_suite: Supervisor, tmp_path: Path
+    clean_db: TestApp, suite: Supervisor, tmp_path: Path
 ) -> None:
     path = write_nab_csv(tmp_path / "slow.csv", 20)
     started = time.monotonic()
@@ -370,7 +381,7 @@ def test_send_with_a_rate_paces_and_still_counts(
 
 
 def test_send_falls_back_to_rows_when_the_listener_metrics_do_not_answer(
-    clean_db: TestApp, ingest_suite: Supervisor, tmp_path: Path, monkeypatch
+    clean_db: TestApp, suite: Supervisor, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setenv(
         "_NTA_UTILS_CONFIG__APPLICATION__METRIC_LISTENER__METRICS_PORT", str(free_port())
@@ -398,7 +409,7 @@ def test_send_to_a_closed_port_says_the_suite_is_not_running(app: TestApp, tmp_p
 
 
 def test_status_shows_services_queues_metrics_and_figures(
-    clean_db: TestApp, ingest_suite: Supervisor, tmp_path: Path
+    clean_db: TestApp, suite: Supervisor, tmp_path: Path
 ) -> None:
     make_metric("idle", [1.0])
     run("send", str(write_nab_csv(tmp_path / "s.csv", 10)), "-m", "status_probe")
@@ -407,10 +418,9 @@ def test_status_shows_services_queues_metrics_and_figures(
     assert result.exit_code == 0, result.output + result.stderr
     status = json.loads(result.stdout)
     assert status["supervisor_url"] == f"http://127.0.0.1:{clean_db.ports['supervisor']}/RPC2"
-    assert {name: s["state"] for name, s in status["services"].items()} == {
-        "metric_listener": "RUNNING",
-        "metric_storer": "RUNNING",
-    }
+    assert {name: s["state"] for name, s in status["services"].items()} == dict.fromkeys(
+        SERVICES, "RUNNING"
+    )
     assert status["queues"][clean_db.data_queue] == 0 or isinstance(
         status["queues"][clean_db.data_queue], int
     )
@@ -427,7 +437,7 @@ def test_status_shows_services_queues_metrics_and_figures(
     assert "rows waiting to be scored: 0" in text.stdout
 
 
-def test_metrics_endpoints_parse_as_prometheus_text(app: TestApp, ingest_suite: Supervisor) -> None:
+def test_metrics_endpoints_parse_as_prometheus_text(app: TestApp, suite: Supervisor) -> None:
     listener = scrape(app.ports["listener_metrics"])
     assert "htmengine_listener_lines_received_total" in listener
     assert "htmengine_listener_lines_published_total" in listener
@@ -533,3 +543,67 @@ def test_watch_stops_after_timeout_and_leaves_no_queue(app: TestApp) -> None:
     queue = first.split()[4]
     with MessageBus() as bus, pytest.raises(MessageQueueNotFound):
         bus.declare_queue(queue, passive=True)
+
+
+# -- the whole pipeline, through the CLI only ----------------------------------------------------
+
+
+def nonblank_fraction(path: Path) -> float:
+    import matplotlib.image
+
+    rgb = matplotlib.image.imread(path)[..., :3]
+    return float((~np.all(rgb > 0.99, axis=-1)).mean())
+
+
+def test_send_monitor_watch_status_plot_end_to_end(
+    clean_db: TestApp, suite: Supervisor, tmp_path: Path
+) -> None:
+    rows = 300
+    sent = run("send", str(write_nab_csv(tmp_path / "e2e.csv", rows)), "-m", "e2e")
+    assert sent.exit_code == 0, sent.output
+    wait_for(lambda: row_count("e2e") == rows, what="stored rows")
+
+    watched = 20
+    watcher = _cli_subprocess(
+        "watch", "-m", "e2e", "--count", str(watched), "--timeout", "120", "--format", "json"
+    )
+    try:
+        assert watcher.stderr.readline().startswith("watching ")
+        monitored = run("monitor", "e2e", "--min", "0", "--max", "100")
+        assert monitored.exit_code == 0, monitored.output
+        out, err = watcher.communicate(timeout=600)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    commands = [r for r in records if r["kind"] == "command"]
+    assert [(c["method"], c["status"]) for c in commands] == [("defineModel", 0)]
+    scored = [r for r in records if r["kind"] == "score"]
+    assert len(scored) == watched
+    assert len({r["rowid"] for r in scored}) == watched
+    assert all(1 <= r["rowid"] <= rows and 0.0 <= r["anomaly_score"] <= 1.0 for r in scored)
+
+    wait_for(
+        lambda: (
+            json.loads(run("status", "--format", "json").stdout)["rows_waiting_for_scores"] == 0
+        ),
+        what="every row scored",
+    )
+    status = json.loads(run("status", "--format", "json").stdout)
+    assert status["metrics_by_status"] == {"ACTIVE": 1}
+    assert status["figures"]["model_scheduler"]["values"]["rows run"] >= rows
+    assert status["figures"]["model_scheduler"]["values"]["swaps"] >= 1
+    assert status["figures"]["anomaly_service"]["values"]["rows scored"] >= rows
+    assert status["figures"]["anomaly_service"]["values"]["mean scoring seconds"] > 0
+    scheduler = scrape(clean_db.ports["scheduler_metrics"])
+    assert scheduler["htmengine_scheduler_rows_run_total"] >= rows
+    anomaly = scrape(clean_db.ports["anomaly_metrics"])
+    assert anomaly["htmengine_anomaly_scoring_seconds_count"] >= 1
+
+    listed = json.loads(run("metrics", "--format", "json").stdout)
+    assert listed[0]["status"] == "ACTIVE" and listed[0]["last_anomaly_score"] is not None
+    png = tmp_path / "e2e.png"
+    assert run("plot", "e2e", "-o", str(png)).exit_code == 0
+    assert nonblank_fraction(png) > 0.02
