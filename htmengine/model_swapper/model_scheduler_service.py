@@ -97,6 +97,15 @@ class _ThreadLocalSwapper:
     def model_input_pending(self, model_id: str) -> bool:
         return self.get().modelInputPending(model_id)
 
+    def release(self) -> None:
+        """Close the calling thread's swapper (a helper thread that is about to end)."""
+        swapper = getattr(self._local, "swapper", None)
+        if swapper is not None:
+            self._local.swapper = None
+            with self._lock:
+                self._all.remove(swapper)
+            swapper.close()
+
     def close_all(self) -> None:
         with self._lock:
             for swapper in self._all:
@@ -153,10 +162,7 @@ class ModelSchedulerService:
             _log.warning(
                 "notification queue not ready after %.0f s", _NOTIFICATION_READY_TIMEOUT_SEC
             )
-        discovery = threading.Thread(
-            target=self._guard, args=(self._discover,), name="scheduler-backlog", daemon=True
-        )
-        discovery.start()
+        self._start_discovery()
         _log.info(
             "model scheduler running with %d slots (full checkpoint every %d rows)",
             self.concurrency,
@@ -167,7 +173,6 @@ class ModelSchedulerService:
         finally:
             self.shutdown.set()
             reader.join(timeout=_POLL_SEC * 5)
-            discovery.join(timeout=_POLL_SEC * 5)
             self.swappers.close_all()
 
     def _guard(self, target: Callable[..., None], *args: object) -> None:
@@ -187,15 +192,25 @@ class ModelSchedulerService:
             self.controller.notify_input,
             self.shutdown.is_set,
             ready,
+            on_queue_lost=self._start_discovery,
         )
 
+    def _start_discovery(self) -> None:
+        """Backlog discovery in its own thread (at start-up and after the broker lost our queue)."""
+        threading.Thread(
+            target=self._guard, args=(self._discover,), name="scheduler-backlog", daemon=True
+        ).start()
+
     def _discover(self) -> None:
-        discover_backlog(
-            self.model_ids,
-            self.swappers.model_input_pending,
-            self.controller.notify_input,
-            self.shutdown.is_set,
-        )
+        try:
+            discover_backlog(
+                self.model_ids,
+                self.swappers.model_input_pending,
+                self.controller.notify_input,
+                self.shutdown.is_set,
+            )
+        finally:
+            self.swappers.release()
 
 
 def _serve_until_signalled(service: ModelSchedulerService) -> int | None:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from htmengine.exceptions import MessageQueueNotFound
 from htmengine.model_swapper.slot_agent import SlotAgent, WorkerSettings
 
 _log = logging.getLogger("htmengine.model_swapper.swap_controller")
@@ -378,15 +379,31 @@ def read_notifications(
     notify: Callable[[str], None],
     should_stop: Callable[[], bool],
     ready: threading.Event | None = None,
+    on_queue_lost: Callable[[], None] | None = None,
 ) -> None:
-    """Forward scheduler notifications to `notify` until `should_stop()`; acks each one."""
-    consumer = consumer_factory()
-    if ready is not None:
-        ready.set()
-    with consumer:
-        for notification in consumer:
-            if notification is not None:
-                notify(notification.modelID)
-                notification.ack()
-            if should_stop():
-                break
+    """Forward scheduler notifications to `notify` until `should_stop()`; acks each one.
+
+    The notification queue is not durable: a broker restart deletes it (and the pings in it). The
+    consumer then ends or fails with MessageQueueNotFound; the queue is declared again and
+    `on_queue_lost` runs (backlog discovery again, to find the input whose pings were lost).
+    """
+    while not should_stop():
+        try:
+            consumer = consumer_factory()
+            if ready is not None:
+                ready.set()
+            with consumer:
+                for notification in consumer:
+                    if notification is not None:
+                        notify(notification.modelID)
+                        notification.ack()
+                    if should_stop():
+                        return
+        except MessageQueueNotFound:
+            pass
+        if should_stop():
+            return
+        _log.warning("scheduler notification queue was lost (broker restart?); declaring it again")
+        time.sleep(_POLL_SEC)
+        if on_queue_lost is not None:
+            on_queue_lost()
