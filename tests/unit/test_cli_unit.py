@@ -315,3 +315,44 @@ def test_scrape_reads_what_start_metrics_server_serves() -> None:
 def test_scrape_of_a_closed_port_is_a_scrape_error() -> None:
     with pytest.raises(ScrapeError, match="Connection refused"):
         scrape_metrics(free_port())
+
+
+# -- up / down run the checkout's scripts -------------------------------------------------------
+
+
+class _Completed:
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+
+@pytest.mark.parametrize(("command", "script"), [("up", "up.sh"), ("down", "down.sh")])
+def test_up_and_down_run_the_readme_scripts(
+    monkeypatch: pytest.MonkeyPatch, command: str, script: str
+) -> None:
+    calls = []
+    monkeypatch.setattr(
+        "htmengine.cli.suite.subprocess.run",
+        lambda args, check: calls.append(args) or _Completed(0),
+    )
+    result = CliRunner().invoke(cli, [command])
+    assert result.exit_code == 0, result.output
+    assert calls == [["bash", str(REPO / "scripts" / script)]]
+
+
+def test_a_failing_script_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("htmengine.cli.suite.subprocess.run", lambda args, check: _Completed(3))
+    result = CliRunner().invoke(cli, ["up"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {REPO / 'scripts' / 'up.sh'} failed with exit code 3 (its output is above)"
+    ]
+
+
+def test_config_dir_defaults_to_the_checkouts_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    from htmengine.cli.common import ensure_config_dir
+
+    monkeypatch.delenv(config.CONFIG_PATH_ENV, raising=False)
+    try:
+        assert ensure_config_dir() == str(REPO / "conf")
+    finally:
+        config.clear_cache()
