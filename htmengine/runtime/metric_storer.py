@@ -11,7 +11,14 @@ Consumes ``[metric_listener] queue_name`` with prefetch and stores many messages
 4. one transaction locks the metrics, scrubs (drops samples not newer than the newest stored one),
    allocates contiguous rowids and inserts the rows;
 5. only after the commit are the messages acked, so a crash before it leads to a redelivery that
-   the scrubbing rule makes harmless. Several storer processes may run side by side.
+   the scrubbing rule makes harmless.
+
+Parallelism: one storer writes each batch over ``[metric_storer] connections`` DB connections at
+once (its metrics split between them, so each metric's samples keep their order). Several storer
+processes (supervisord numprocs) are safe too (creation, row locks, contiguous rowids), but the
+broker hands consecutive messages to different processes, so samples of one metric may commit out
+of order and the later-committed older ones are then dropped (and counted); prefer one process
+with more connections unless each metric's data arrives in one message.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -84,6 +92,19 @@ def decode_message(body: bytes) -> list[str]:
     return data
 
 
+def partition_by_size(
+    samples_by_uid: dict[str, list[Sample]], parts: int
+) -> list[dict[str, list[Sample]]]:
+    """Split metrics into at most `parts` groups of about equal sample counts (largest first)."""
+    groups: list[dict[str, list[Sample]]] = [{} for _ in range(max(1, parts))]
+    sizes = [0] * len(groups)
+    for uid in sorted(samples_by_uid, key=lambda u: len(samples_by_uid[u]), reverse=True):
+        smallest = sizes.index(min(sizes))
+        groups[smallest][uid] = samples_by_uid[uid]
+        sizes[smallest] += len(samples_by_uid[uid])
+    return [group for group in groups if group]
+
+
 def _is_transient_db_error(exc: BaseException) -> bool:
     """Deadlocks, lock wait timeouts and lost connections: retrying the batch may succeed."""
     return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
@@ -111,6 +132,7 @@ class MetricStorer:
         bus: MessageBus,
         queue_name: str,
         prefetch: int,
+        connections: int,
         streamer: MetricStreamer,
         metrics: StorerMetrics,
         log: logging.Logger,
@@ -120,6 +142,8 @@ class MetricStorer:
         self.queue_name = queue_name
         self.rejected_queue = rejected_queue_name(queue_name)
         self.prefetch = prefetch
+        self.connections = connections
+        self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="store")
         self.streamer = streamer
         self.metrics = metrics
         self.log = log
@@ -205,6 +229,55 @@ class MetricStorer:
         headers[REJECTED_REASON_HEADER] = reason
         self.bus.publish(self.rejected_queue, message.body, headers=headers)
 
+    def _store(self, samples_by_name: dict[str, list[Sample]]) -> list[StoredRows]:
+        """Store a batch: its metrics split over `connections` transactions run side by side.
+
+        Each metric's samples stay in one transaction, so per-metric order holds. A group whose
+        metrics were deleted meanwhile is re-resolved (re-created) and stored again.
+        """
+        results: list[StoredRows] = []
+        remaining = samples_by_name
+        for _attempt in range(MISSING_METRIC_RETRIES):
+            uids = self._resolve(remaining)
+            groups = partition_by_size(
+                {uids[name]: samples for name, samples in remaining.items()}, self.connections
+            )
+            if len(groups) == 1:
+                outcomes = [self._try_store_group(groups[0])]
+            else:
+                outcomes = list(self._pool.map(self._try_store_group, groups))
+            retry: dict[str, list[Sample]] = {}
+            name_of = {uid: name for name, uid in uids.items()}
+            for group, outcome in zip(groups, outcomes, strict=True):
+                if isinstance(outcome, MissingMetricsError):
+                    self.log.warning("metrics deleted while storing; re-resolving: %s", outcome)
+                    gone = set(outcome.uids)
+                    self.uid_cache = {n: u for n, u in self.uid_cache.items() if u not in gone}
+                    retry.update({name_of[uid]: samples for uid, samples in group.items()})
+                else:
+                    results.extend(outcome)
+            if not retry:
+                return results
+            remaining = retry
+        raise MissingMetricsError(sorted(remaining))
+
+    def _resolve(self, samples_by_name: dict[str, list[Sample]]) -> dict[str, str]:
+        """uids of the batch's metric names, creating unknown metrics."""
+        uids, created = ensure_custom_metrics(self.engine, samples_by_name, self.uid_cache)
+        if created:
+            self.metrics.metrics_created.inc(len(created))
+            self.log.info("created %d metric(s), e.g. %r", len(created), created[0])
+        self._remember(uids)
+        return uids
+
+    def _try_store_group(
+        self, samples_by_uid: dict[str, list[Sample]]
+    ) -> list[StoredRows] | MissingMetricsError:
+        try:
+            return self._store_group(samples_by_uid)
+        except MissingMetricsError as exc:
+            return exc
+
     @tenacity.retry(
         retry=tenacity.retry_if_exception(_is_transient_db_error),
         wait=tenacity.wait_exponential(multiplier=0.05, max=5.0),
@@ -214,27 +287,13 @@ class MetricStorer:
             state.attempt_number,
         ),
     )
-    def _store(self, samples_by_name: dict[str, list[Sample]]) -> list[StoredRows]:
-        """One transaction for the whole batch; retried on deadlocks and lost connections."""
-        for _attempt in range(MISSING_METRIC_RETRIES):
-            uids, created = ensure_custom_metrics(self.engine, samples_by_name, self.uid_cache)
-            if created:
-                self.metrics.metrics_created.inc(len(created))
-                self.log.info("created %d metric(s), e.g. %r", len(created), created[0])
-            self._remember(uids)
-            samples_by_uid = {uids[name]: samples for name, samples in samples_by_name.items()}
-            started = time.perf_counter()
-            try:
-                with self.engine.begin() as conn:
-                    stored = self.streamer.store_samples(conn, samples_by_uid)
-            except MissingMetricsError as exc:
-                self.log.warning("metrics deleted while storing; re-resolving: %s", exc)
-                gone = set(exc.uids)
-                self.uid_cache = {n: u for n, u in self.uid_cache.items() if u not in gone}
-                continue
-            self.metrics.transaction_seconds.observe(time.perf_counter() - started)
-            return stored
-        raise MissingMetricsError(sorted(samples_by_name))
+    def _store_group(self, samples_by_uid: dict[str, list[Sample]]) -> list[StoredRows]:
+        """One transaction; retried on deadlocks and lost connections."""
+        started = time.perf_counter()
+        with self.engine.begin() as conn:
+            stored = self.streamer.store_samples(conn, samples_by_uid)
+        self.metrics.transaction_seconds.observe(time.perf_counter() - started)
+        return stored
 
     def _remember(self, uids: dict[str, str]) -> None:
         if len(self.uid_cache) + len(uids) > MAX_CACHED_METRICS:
@@ -271,14 +330,23 @@ def build_storer(
     config = get_app_config()
     queue_name = config.get("metric_listener", "queue_name")
     prefetch = config.getint("metric_storer", "prefetch")
+    connections = config.getint("metric_storer", "connections")
     metrics_port = config.getint("metric_storer", "metrics_port")
-    if prefetch < 1:
-        raise ConfigError(f"{config.path}: [metric_storer] prefetch must be >= 1")
+    for key, value in (("prefetch", prefetch), ("connections", connections)):
+        if value < 1:
+            raise ConfigError(f"{config.path}: [metric_storer] {key} must be >= 1")
     bus = MessageBus(get_rabbitmq_config())
     engine = get_engine(config)
     log = logging.getLogger(f"htmengine.{SERVICE_NAME}")
     storer = MetricStorer(
-        engine, bus, queue_name, prefetch, MetricStreamer(on_rows_stored), StorerMetrics(), log
+        engine,
+        bus,
+        queue_name,
+        prefetch,
+        connections,
+        MetricStreamer(on_rows_stored),
+        StorerMetrics(),
+        log,
     )
     return storer, metrics_port
 

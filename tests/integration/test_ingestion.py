@@ -7,8 +7,11 @@ services' Prometheus endpoints.
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -20,7 +23,7 @@ import sqlalchemy as sa
 from htmengine.bus import MessageBus, rejected_queue_name
 from htmengine.repository import MetricStatus, get_engine
 from htmengine.repository.schema import metric, metric_data
-from tests.support.app import Supervisor, TestApp, restart_rabbitmq
+from tests.support.app import REPO, Supervisor, TestApp, restart_rabbitmq
 
 BASE_TS = 1_370_000_000  # June 2013: historic replays are normal
 
@@ -288,3 +291,54 @@ def test_udp_datagrams_are_validated_and_stored(ingestion) -> None:
     assert stored_rows() == {"udp.m": [(1, 1370000000, 1.5), (2, 1370000002, 2.5)]}
     listener = read_counters(app.ports["listener_metrics"])
     assert counter_sum(listener, "htmengine_listener_lines_rejected_total") == 1
+
+
+def test_two_storers_create_each_metric_once_and_keep_rowids_contiguous(ingestion) -> None:
+    """A second storer process (as with supervisord numprocs) races the first on every metric.
+
+    Messages of one metric handled by different storers can commit out of order, so some
+    samples may be dropped as out of order (and counted); what must hold is that each name gets
+    one metric, rowids stay 1..N, timestamps strictly increase and nothing is stored twice.
+    """
+    app, _ = ingestion
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    second = subprocess.Popen(
+        [sys.executable, "-m", "htmengine.runtime.metric_storer"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(2.0)  # let it start consuming
+        assert second.poll() is None, "the second storer exited"
+        with MessageBus() as bus:
+            bodies = [
+                json.dumps(
+                    {
+                        "protocol": "plain",
+                        "data": [f"par.m{k} {j} {BASE_TS + j}" for k in range(50)],
+                    }
+                ).encode()
+                for j in range(200)
+            ]
+            bus.publish_many(app.data_queue, bodies)
+
+            def drained() -> bool:
+                return bus.declare_queue(app.data_queue, passive=True) == 0
+
+            wait_until(drained, 60, "the data queue to drain")
+        time.sleep(1.0)  # the last batches commit
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+    with get_engine().connect() as conn:
+        names = [row.name for row in conn.execute(sa.select(metric.c.name))]
+    assert sorted(names) == sorted(f"par.m{k}" for k in range(50))
+    rows = stored_rows()
+    for name, samples in rows.items():
+        assert [rowid for rowid, _, _ in samples] == list(range(1, len(samples) + 1))
+        stamps = [ts for _, ts, _ in samples]
+        assert stamps == sorted(set(stamps)), name
+        assert all(value == ts - BASE_TS for _, ts, value in samples)
+    assert sum(len(samples) for samples in rows.values()) > 0

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from htmengine.runtime.metric_storer import RejectedMessage, decode_message
+from htmengine.runtime.metric_storer import RejectedMessage, decode_message, partition_by_size
 from htmengine.runtime.metric_streamer import scrub, to_datetime, to_epoch_seconds
 
 
@@ -68,3 +68,22 @@ def test_epoch_seconds_round_trip_through_naive_utc_datetimes() -> None:
     assert to_datetime(1434174392) == datetime.datetime(2015, 6, 13, 5, 46, 32)
     assert to_epoch_seconds(to_datetime(1370000000)) == 1370000000
     assert to_datetime(0) == datetime.datetime(1970, 1, 1)
+
+
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=5), st.integers(1, 50), max_size=30),
+    st.integers(1, 4),
+)
+def test_partition_keeps_each_metric_whole_and_balances_sizes(
+    sizes: dict[str, int], parts: int
+) -> None:
+    samples_by_uid = {uid: [(t, 0.0) for t in range(n)] for uid, n in sizes.items()}
+    groups = partition_by_size(samples_by_uid, parts)
+    assert len(groups) <= parts
+    merged = {uid: samples for group in groups for uid, samples in group.items()}
+    assert merged == samples_by_uid
+    assert sum(len(group) for group in groups) == len(samples_by_uid)
+    totals = [sum(len(s) for s in group.values()) for group in groups]
+    if totals:
+        # Greedy largest-first: no group exceeds another by more than the largest metric.
+        assert max(totals) - min(totals) <= max(sizes.values())
