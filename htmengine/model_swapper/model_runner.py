@@ -9,8 +9,8 @@ consume its input queue in runs, then release it (the model leaves memory). One 
    is skipped and acked;
 2. publish one result batch per request batch (results before the checkpoint: a crash in between
    repeats the batch, never loses its results);
-3. checkpoint: append the run's rows and batch ids to the journal, or save the whole model once the
-   journal plus this run reach ``full_checkpoint_rows`` rows;
+3. checkpoint: append the run's rows and batch ids to the journal, or save the whole model when a
+   full save is due (see `full_save_interval`);
 4. ack the run's batches (the checkpoint always precedes the ack).
 
 What can repeat: results of the batches of a run whose checkpoint was not written (the worker or the
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -105,6 +106,33 @@ def _row_layout(definition: dict) -> tuple[int, int]:
     return timestamp_index, others[0]
 
 
+def full_save_interval(row_ms: float | None, full_save_ms: float | None, cap: int) -> int:
+    """Journal rows after which a full save is due.
+
+    Every swap-in replays the journal, so a journal of j rows costs j * row_ms per load, while a
+    full save costs full_save_ms once. For a model swapped in for one row at a time (the steady
+    state of a 5-minute cadence), the cost per row over an interval of N rows is about
+    N/2 * row_ms + full_save_ms / N, smallest at N = sqrt(2 * full_save_ms / row_ms). `cap`
+    (``full_checkpoint_rows``) bounds it; without measurements yet, the cap applies.
+    """
+    if not row_ms or not full_save_ms:
+        return cap
+    return max(1, min(cap, round(math.sqrt(2.0 * full_save_ms / row_ms))))
+
+
+class _Average:
+    """Exponential moving average of a cost in milliseconds."""
+
+    def __init__(self, weight: float = 0.1) -> None:
+        self.weight = weight
+        self.value: float | None = None
+
+    def add(self, sample: float) -> None:
+        self.value = (
+            sample if self.value is None else self.value + self.weight * (sample - self.value)
+        )
+
+
 def error_message(method: str, model_id: str, exc: BaseException) -> str:
     """ISO time, what failed, the model, the exception and the tail of its traceback."""
     tail = "".join(traceback.format_exception(exc))[-_TRACEBACK_TAIL_CHARS:]
@@ -160,12 +188,28 @@ class ModelRunner:
         target_requests_per_checkpoint: int = 500,
         full_checkpoint_rows: int = 100,
         model_class: Any | None = None,
+        adaptive_full_saves: bool = True,
     ) -> None:
         self.swapper = swapper
         self.checkpoints = checkpoints
         self.target_requests_per_checkpoint = max(1, target_requests_per_checkpoint)
         self.full_checkpoint_rows = max(1, full_checkpoint_rows)
         self._model_class = model_class
+        self.adaptive_full_saves = adaptive_full_saves
+        # Costs measured in this worker, for the full-save interval: a row through the model, and
+        # a full save (a blob load stands in until the first save was timed).
+        self.row_ms = _Average()
+        self.full_save_ms = _Average()
+        self.blob_load_ms = _Average()
+
+    def full_save_due(self, journal_rows: int) -> bool:
+        """Whether a journal of `journal_rows` rows should be folded into a full save now."""
+        if not self.adaptive_full_saves:
+            return journal_rows >= self.full_checkpoint_rows
+        save_ms = self.full_save_ms.value or self.blob_load_ms.value
+        return journal_rows >= full_save_interval(
+            self.row_ms.value, save_ms, self.full_checkpoint_rows
+        )
 
     @property
     def model_class(self) -> Any:
@@ -294,6 +338,7 @@ class ModelRunner:
         try:
             if checkpoint.model_blob is not None:
                 model = self.model_class.load(checkpoint.model_blob)
+                self.blob_load_ms.add((time.perf_counter() - started) * 1000.0)
             else:
                 model = self.model_class(checkpoint.definition["modelParams"]["modelConfig"])
             for timestamp, value in checkpoint.journal_rows:
@@ -333,7 +378,9 @@ class ModelRunner:
             value = float(row.data[value_index])
             if not isinstance(timestamp, datetime.datetime):
                 raise ValueError(f"field {timestamp_index} is not a datetime: {timestamp!r}")
+            started = time.perf_counter()
             score = float(model.run(timestamp, value))
+            self.row_ms.add((time.perf_counter() - started) * 1000.0)
         except Exception as exc:
             _log.warning("row %s of model %s failed: %r", row.rowID, session.model_id, exc)
             return ModelInferenceResult(
@@ -454,8 +501,9 @@ class ModelRunner:
             return  # nothing to fold the batches into: an undefined or unusable model
         started = time.perf_counter()
         journal_rows = len(checkpoint.journal_rows) + len(rows)
-        if session.model is not None and journal_rows >= self.full_checkpoint_rows:
+        if session.model is not None and self.full_save_due(journal_rows):
             written = self.checkpoints.save_full(checkpoint, session.model.save(), batch_ids)
+            self.full_save_ms.add((time.perf_counter() - started) * 1000.0)
             report.full_saves += 1
             report.full_save_bytes += written
         else:

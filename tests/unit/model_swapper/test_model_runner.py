@@ -9,7 +9,7 @@ import pytest
 from htmengine import exceptions
 from htmengine.config import Config
 from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
-from htmengine.model_swapper.model_runner import ModelRunner
+from htmengine.model_swapper.model_runner import ModelRunner, full_save_interval
 from htmengine.model_swapper.model_swapper_interface import (
     ModelCommand,
     ModelCommandResult,
@@ -61,6 +61,7 @@ class Harness:
             target_requests_per_checkpoint=target,
             full_checkpoint_rows=full_rows,
             model_class=ToyModel,
+            adaptive_full_saves=False,
         )
 
     def results(self) -> list:
@@ -214,3 +215,21 @@ def test_clone_of_an_undefined_model_fails_with_no_such_model(harness) -> None:
     harness.swapper.cloneModel("ghost", "x", "k3")
     harness.runner.serve("ghost", never)
     assert harness.results()[-1].status == exceptions.ERR_NO_SUCH_MODEL
+
+
+def test_full_save_interval_balances_replay_against_save_cost() -> None:
+    assert full_save_interval(None, 100.0, cap=100) == 100  # nothing measured yet: the cap
+    assert full_save_interval(2.0, 100.0, cap=100) == 10  # sqrt(2 * 100 / 2)
+    assert full_save_interval(0.01, 100.0, cap=100) == 100  # cheap rows: the cap
+    assert full_save_interval(50.0, 10.0, cap=100) == 1  # rows dearer than a save: save each time
+
+
+def test_adaptive_runner_saves_full_sooner_when_rows_are_dear(tmp_path) -> None:
+    harness = Harness(tmp_path, full_rows=100)
+    harness.runner.adaptive_full_saves = True
+    harness.runner.row_ms.add(50.0)
+    harness.runner.full_save_ms.add(10.0)
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 1))
+    report = harness.runner.serve("m", never)
+    assert report.full_saves == 1 and report.incremental_saves == 0  # the cap alone: a journal append
