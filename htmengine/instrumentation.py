@@ -129,6 +129,17 @@ class SchedulerMetrics:
             buckets=_BATCH_SECONDS_BUCKETS,
             registry=r,
         )
+        self.checkpoint_bytes = Counter(
+            "htmengine_scheduler_checkpoint_bytes",
+            "Bytes of model checkpoints written, by kind (full save or journal append)",
+            ["kind"],
+            registry=r,
+        )
+        self.duplicate_batches = Counter(
+            "htmengine_scheduler_duplicate_batches",
+            "Request batches skipped because their checkpoint already holds them (redeliveries)",
+            registry=r,
+        )
 
 
 class AnomalyServiceMetrics:

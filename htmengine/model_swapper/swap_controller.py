@@ -321,6 +321,9 @@ class SwapController:
             metrics.load_seconds.observe(report["load_ms"] / 1000.0 / report["loads"])
         for seconds in report.get("batch_seconds", ()):
             metrics.batch_seconds.observe(seconds)
+        metrics.checkpoint_bytes.labels("full").inc(report.get("full_save_bytes", 0))
+        metrics.checkpoint_bytes.labels("incremental").inc(report.get("incremental_save_bytes", 0))
+        metrics.duplicate_batches.inc(report.get("duplicate_batches", 0))
 
     def _pending(self, model_id: str) -> bool:
         if self._input_pending is None:

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -225,6 +226,18 @@ def test_a_batch_delivered_twice_is_processed_once(
     grouped = results.wait_rows(model_id, list(range(1, 7)))
     assert [r.rowID for r in results.inference(model_id)] == list(range(1, 7))
     assert_scores(grouped, reference_scores(model_config, rows))
+    assert scheduler_counter(app, "htmengine_scheduler_duplicate_batches_total") >= 1
+
+
+def scheduler_counter(app: TestApp, name: str) -> float:
+    """A counter of the scheduler's /metrics endpoint (summed over labels)."""
+    port = app.ports["scheduler_metrics"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
 
 
 def test_more_models_than_slots_are_all_served_with_unchanged_scores(
