@@ -134,11 +134,11 @@ def _collect_services(status: SuiteStatus) -> None:
             status.problems.append(f"{info['name']} is {info['statename']}")
 
 
-def _collect_queues(status: SuiteStatus) -> None:
+def _collect_queues(status: SuiteStatus, model_uids: list[str] | None) -> None:
+    """Queue depths by passive declare; model input queues of `model_uids` (None: unknown)."""
     from htmengine.bus import MessageBus, rejected_queue_name
     from htmengine.config import get_app_config, get_model_swapper_config
     from htmengine.exceptions import MessageQueueNotFound
-    from htmengine.repository import MetricStatus, get_engine, queries
 
     app_config = get_app_config()
     swapper_config = get_model_swapper_config()
@@ -151,10 +151,6 @@ def _collect_queues(status: SuiteStatus) -> None:
         rejected_queue_name(results_queue),
         swapper_config.get("interface_bus", "scheduler_notification_queue"),
     ]
-    with get_engine().connect() as conn:
-        models = queries.get_metrics_by_status(
-            conn, [MetricStatus.ACTIVE, MetricStatus.CREATE_PENDING], ["uid"]
-        )
     prefix = swapper_config.get("interface_bus", "model_input_queue_prefix")
     with MessageBus(reconnect_timeout=CONNECT_TIMEOUT_SEC) as bus:
         for name in names:
@@ -162,30 +158,37 @@ def _collect_queues(status: SuiteStatus) -> None:
                 status.queues[name] = bus.declare_queue(name, passive=True)
             except MessageQueueNotFound:
                 status.queues[name] = None
+        if model_uids is None:
+            return
         waiting = with_backlog = 0
-        for model in models:
+        for uid in model_uids:
             try:
-                depth = bus.declare_queue(prefix + model.uid, passive=True)
+                depth = bus.declare_queue(prefix + uid, passive=True)
             except MessageQueueNotFound:
                 continue
             waiting += depth
             with_backlog += depth > 0
     status.model_input_queues = {
-        "models": len(models),
+        "models": len(model_uids),
         "models_with_backlog": with_backlog,
         "messages": waiting,
     }
 
 
-def _collect_database(status: SuiteStatus) -> None:
+def _collect_database(status: SuiteStatus) -> list[str]:
+    """Metrics by status and rows waiting for scores; returns the uids of the models that run."""
     from htmengine.repository import MetricStatus, get_engine, queries
 
     with get_engine().connect() as conn:
         counts = queries.count_metrics_by_status(conn)
         status.rows_waiting_for_scores = queries.get_unprocessed_model_data_count(conn)
+        models = queries.get_metrics_by_status(
+            conn, [MetricStatus.ACTIVE, MetricStatus.CREATE_PENDING], ["uid"]
+        )
     status.metrics_by_status = {
         _status_name(value, MetricStatus): count for value, count in sorted(counts.items())
     }
+    return [model.uid for model in models]
 
 
 def _status_name(value: int, statuses) -> str:
@@ -219,11 +222,16 @@ def collect_status(supervisor_url: str) -> SuiteStatus:
     """Ask supervisord, RabbitMQ, MySQL and each service's /metrics how the suite is doing."""
     status = SuiteStatus(supervisor_url=supervisor_url)
     _collect_services(status)
-    for collect, what in ((_collect_database, "MySQL"), (_collect_queues, "RabbitMQ")):
-        try:
-            collect(status)
-        except Exception as exc:  # reported as a problem, the rest still shown
-            status.problems.append(f"{what}: {describe_error(exc) or repr(exc)}")
+    model_uids: list[str] | None = None
+    # A failure is reported as a problem; the other sections are still shown.
+    try:
+        model_uids = _collect_database(status)
+    except Exception as exc:
+        status.problems.append(f"MySQL: {describe_error(exc) or repr(exc)}")
+    try:
+        _collect_queues(status, model_uids)
+    except Exception as exc:
+        status.problems.append(f"RabbitMQ: {describe_error(exc) or repr(exc)}")
     _collect_figures(status)
     return status
 

@@ -413,6 +413,8 @@ def test_status_shows_services_queues_metrics_and_figures(
 ) -> None:
     make_metric("idle", [1.0])
     run("send", str(write_nab_csv(tmp_path / "s.csv", 10)), "-m", "status_probe")
+    # Stored rows: the storer is past its start-up, so its /metrics answers.
+    wait_for(lambda: row_count("status_probe") == 10, what="stored rows")
 
     result = run("status", "--format", "json")
     assert result.exit_code == 0, result.output + result.stderr
@@ -429,7 +431,9 @@ def test_status_shows_services_queues_metrics_and_figures(
     listener = status["figures"]["metric_listener"]
     assert listener["error"] is None
     assert listener["values"]["lines published"] >= 10
-    assert status["figures"]["metric_storer"]["values"]["rows stored"] >= 10
+    storer = status["figures"]["metric_storer"]
+    assert storer["error"] is None, clean_db.log_tail("metric_storer")
+    assert storer["values"]["rows stored"] >= 10
 
     text = run("status")
     assert text.exit_code == 0
@@ -450,6 +454,27 @@ def test_status_without_supervisord_fails_with_one_line(app: TestApp) -> None:
     result = run("status", "--supervisor-url", url)
     assert_one_line_error(result, "suite not healthy", f"supervisord not reachable at {url}")
     assert "(unavailable)" in result.stdout
+
+
+def test_status_with_nothing_reachable_names_every_problem_on_one_line(
+    app: TestApp, monkeypatch
+) -> None:
+    from htmengine.repository import dispose_engines
+
+    monkeypatch.setenv("_NTA_UTILS_CONFIG__APPLICATION__REPOSITORY__PORT", str(free_port()))
+    monkeypatch.setenv("_NTA_UTILS_CONFIG__RABBITMQ__CONNECTION__PORT", str(free_port()))
+    dispose_engines()
+    try:
+        result = run("status", "--supervisor-url", f"http://127.0.0.1:{free_port()}/RPC2")
+    finally:
+        dispose_engines()
+    assert_one_line_error(
+        result,
+        "supervisord not reachable",
+        "MySQL: cannot connect to MySQL",
+        "RabbitMQ: cannot connect to RabbitMQ",
+    )
+    assert "services (supervisord at" in result.stdout and "(unavailable)" in result.stdout
 
 
 # -- watch --------------------------------------------------------------------------------------
