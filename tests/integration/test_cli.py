@@ -369,6 +369,16 @@ def test_send_replays_a_nab_csv_and_counts_accepted_lines(
     assert rows[0]["timestamp"] == "2014-04-01 20:45:00"  # row 250, 5 minutes apart
 
 
+def test_send_replays_a_real_nab_file(clean_db: TestApp, suite: Supervisor, nab_dir: Path) -> None:
+    path = nab_dir / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
+    lines = len(path.read_text().splitlines()) - 1  # header
+    result = run("send", str(path), "--metric", "jumpsup")
+    assert result.exit_code == 0, result.output
+    assert f"sent {lines} lines of jumpsup" in result.stdout
+    assert f"accepted {lines} (published" in result.stdout
+    wait_for(lambda: row_count("jumpsup") == lines, what="every NAB row stored")
+
+
 def test_send_with_a_rate_paces_and_still_counts(
     clean_db: TestApp, suite: Supervisor, tmp_path: Path
 ) -> None:
