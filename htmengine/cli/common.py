@@ -18,10 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from htmengine import config as htm_config
 from htmengine.config import ConfigError
-from htmengine.exceptions import (
-    HTMEngineError,
-    MetricAlreadyMonitored,
-)
+from htmengine.exceptions import HTMEngineError, MetricAlreadyMonitored
 
 # The source checkout holding this package (scripts/, conf/), when installed in develop mode.
 CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +120,16 @@ def _describe_db_error(exc: sqlalchemy.exc.DBAPIError) -> str:
         )
     detail = exc.orig.args[-1] if exc.orig is not None and exc.orig.args else exc
     return f"database error: {detail}"
+
+
+def status_name(status: int | None) -> str:
+    """The MetricStatus name of a metric.status value (the number itself if unknown)."""
+    from htmengine.repository import MetricStatus
+
+    try:
+        return MetricStatus(status).name
+    except ValueError:
+        return str(status)
 
 
 def parse_timestamp(text: str) -> datetime.datetime:

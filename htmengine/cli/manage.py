@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from htmengine.cli.common import ensure_config_dir, format_table
+from htmengine.cli.common import ensure_config_dir, format_table, status_name
 
 # How `metrics --format json` writes timestamps (naive UTC, whole seconds), as exports do.
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -27,15 +27,6 @@ def _metric_by_name(name: str):
 
     with get_engine().connect() as conn:
         return queries.get_custom_metric_by_name(conn, name)
-
-
-def _status_name(status: int | None) -> str:
-    from htmengine.repository import MetricStatus
-
-    try:
-        return MetricStatus(status).name
-    except ValueError:
-        return str(status)
 
 
 @click.command("metrics")
@@ -60,7 +51,7 @@ def metrics_command(output_format: str) -> None:
                     {
                         "name": m.name,
                         "uid": m.uid,
-                        "status": _status_name(m.status),
+                        "status": status_name(m.status),
                         "message": m.message,
                         "rows": m.row_count,
                         "last_timestamp": _iso(m.last_timestamp),
@@ -81,7 +72,7 @@ def metrics_command(output_format: str) -> None:
             [
                 [
                     m.name,
-                    _status_name(m.status),
+                    status_name(m.status),
                     m.row_count,
                     m.last_timestamp,
                     m.last_anomaly_score,
@@ -134,7 +125,7 @@ def monitor(
         else:
             if metric.status != MetricStatus.UNMONITORED:
                 adapter.unmonitorMetric(metric.uid)
-                click.echo(f"unmonitored {name} (was {_status_name(metric.status)})")
+                click.echo(f"unmonitored {name} (was {status_name(metric.status)})")
     model_params: dict[str, Any] = {}
     if min_value is not None:
         model_params.update({"min": min_value, "max": max_value})
@@ -148,7 +139,7 @@ def monitor(
     except (ValueError, TypeError) as exc:
         raise click.ClickException(f"cannot monitor {name}: {exc}") from exc
     metric = _metric_by_name(name)
-    click.echo(f"monitoring {name} (uid {uid}): status {_status_name(metric.status)}")
+    click.echo(f"monitoring {name} (uid {uid}): status {status_name(metric.status)}")
 
 
 @click.command()

@@ -108,6 +108,8 @@ def _listener_counts(port: int) -> dict[str, float] | None:
 
 
 def _row_count(metric: str) -> int | None:
+    import sqlalchemy.exc
+
     from htmengine.exceptions import MetricNotFound
     from htmengine.repository import get_engine, queries
 
@@ -117,7 +119,7 @@ def _row_count(metric: str) -> int | None:
             return queries.get_metric_data_count(conn, uid)
     except MetricNotFound:
         return 0
-    except Exception:  # no database: the listener's counters must do
+    except sqlalchemy.exc.SQLAlchemyError:  # no database: the listener's counters must do
         return None
 
 

@@ -19,6 +19,7 @@ from htmengine.cli.common import (
     describe_error,
     ensure_config_dir,
     scrape_metrics,
+    status_name,
     supervisor_url_from_config,
 )
 
@@ -186,16 +187,9 @@ def _collect_database(status: SuiteStatus) -> list[str]:
             conn, [MetricStatus.ACTIVE, MetricStatus.CREATE_PENDING], ["uid"]
         )
     status.metrics_by_status = {
-        _status_name(value, MetricStatus): count for value, count in sorted(counts.items())
+        status_name(value): count for value, count in sorted(counts.items())
     }
     return [model.uid for model in models]
-
-
-def _status_name(value: int, statuses) -> str:
-    try:
-        return statuses(value).name
-    except ValueError:
-        return str(value)
 
 
 def _collect_figures(status: SuiteStatus) -> None:
