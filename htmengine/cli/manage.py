@@ -66,21 +66,17 @@ def metrics_command(output_format: str) -> None:
     if not summaries:
         click.echo("no metrics yet (send data with `htmengine send` or to the listener)")
         return
-    click.echo(
-        format_table(
-            ["name", "status", "rows", "last timestamp", "last anomaly score"],
-            [
-                [
-                    m.name,
-                    status_name(m.status),
-                    m.row_count,
-                    m.last_timestamp,
-                    m.last_anomaly_score,
-                ]
-                for m in summaries
-            ],
-        )
-    )
+    headers = ["name", "status", "rows", "last timestamp", "last anomaly score"]
+    rows = [
+        [m.name, status_name(m.status), m.row_count, m.last_timestamp, m.last_anomaly_score]
+        for m in summaries
+    ]
+    if any(m.message for m in summaries):
+        # An ERROR metric's reason is what its owner needs next.
+        headers.append("message")
+        for row, m in zip(rows, summaries, strict=True):
+            row.append(m.message)
+    click.echo(format_table(headers, rows))
 
 
 def _iso(moment: datetime.datetime | None) -> str | None:

@@ -215,13 +215,16 @@ def format_record(record: dict[str, Any]) -> str:
     if record["kind"] == "command":
         outcome = "ok" if record["status"] == 0 else f"error {record['status']}: {record['error']}"
         return f"{record['metric'] or record['model']}  {record['method']}  {outcome}"
-    anomaly = record["anomaly_score"]
-    raw = record["raw_anomaly_score"]
     return (
         f"{record['timestamp']}  {record['metric']}  rowid={record['rowid']}  "
-        f"value={record['value']:g}  anomaly={'-' if anomaly is None else f'{anomaly:.6f}'}  "
-        f"raw={'-' if raw is None else f'{raw:.4f}'}"
+        f"value={_number(record['value'], 'g')}  "
+        f"anomaly={_number(record['anomaly_score'], '.6f')}  "
+        f"raw={_number(record['raw_anomaly_score'], '.4f')}"
     )
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 @click.command()

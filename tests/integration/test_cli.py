@@ -156,6 +156,20 @@ def test_metrics_lists_rows_last_timestamp_and_last_score(clean_db: TestApp) -> 
     assert listed[0]["last_timestamp"] == "2014-04-01 00:02:00"
 
 
+def test_metrics_shows_the_reason_of_an_error(clean_db: TestApp) -> None:
+    from htmengine.repository import MetricStatus, get_engine, queries
+
+    uid = make_metric("broken", [1.0])
+    make_metric("fine", [1.0])
+    with get_engine().begin() as conn:
+        queries.set_metric_status(conn, uid, MetricStatus.ERROR, "model failed: bad params")
+    lines = run("metrics").stdout.splitlines()
+    assert lines[0].split()[-1] == "message"
+    assert lines[1].split()[:2] == ["broken", "ERROR"]
+    assert lines[1].endswith("model failed: bad params")
+    assert lines[2].split()[-1] == "-"
+
+
 def test_scores_in_every_format_with_since_and_limit(clean_db: TestApp) -> None:
     make_metric("mem", [10.0, 11.0, 12.0, 13.0], scores=[0.5, 0.6, 0.7, None])
 
