@@ -243,6 +243,7 @@ def scheduler_counter(app: TestApp, name: str) -> float:
 def test_more_models_than_slots_are_all_served_with_unchanged_scores(
     app, scheduler, swapper, results, model_config
 ) -> None:
+    preemptions_before = scheduler_counter(app, "htmengine_scheduler_preemptions_total")
     model_ids = [uuid.uuid4().hex for _ in range(6)]
     data = {model_id: series(seed, 40) for seed, model_id in enumerate(model_ids)}
     for model_id in model_ids:
@@ -260,6 +261,7 @@ def test_more_models_than_slots_are_all_served_with_unchanged_scores(
         assert_scores(grouped, reference_scores(model_config, data[model_id]))
     archive = CheckpointManager()
     assert set(model_ids) <= set(archive.model_ids())
+    assert scheduler_counter(app, "htmengine_scheduler_preemptions_total") > preemptions_before
 
 
 def test_killed_worker_is_replaced_and_no_result_is_lost(
@@ -409,3 +411,26 @@ def test_killed_scheduler_restarts_and_every_row_gets_a_result(
     # Orphaned workers of the killed scheduler finish their run and exit.
     gone, alive = psutil.wait_procs(old_workers, timeout=60)
     assert not alive
+
+
+def test_graceful_stop_mid_stream_repeats_nothing(
+    scheduler, swapper, results, model_config, monitored
+) -> None:
+    model_ids = [uuid.uuid4().hex for _ in range(3)]
+    data = {model_id: series(20 + seed, 40) for seed, model_id in enumerate(model_ids)}
+    for model_id in model_ids:
+        monitored(model_id)
+        swapper.defineModel(model_id, define_args(model_config), "cmd")
+        submit_rows(swapper, model_id, data[model_id], first_rowid=1, batch_size=1)
+    results.wait(lambda: sum(len(results.inference(m)) for m in model_ids) >= 10, "first results")
+    scheduler.server.supervisor.stopProcess("htmengine:model_scheduler")  # SIGINT, waits
+    info = scheduler.process_info()["model_scheduler"]
+    assert (info["statename"], info["exitstatus"]) == ("STOPPED", 0)
+    results.drain()
+    assert sum(len(results.inference(m)) for m in model_ids) < 120  # stopped mid-stream
+    scheduler.server.supervisor.startProcess("htmengine:model_scheduler")
+    for model_id in model_ids:
+        grouped = results.wait_rows(model_id, list(range(1, 41)))
+        # Every batch was checkpointed and acked before the stop: no result repeats.
+        assert [r.rowID for r in results.inference(model_id)] == list(range(1, 41))
+        assert_scores(grouped, reference_scores(model_config, data[model_id]))
