@@ -98,6 +98,8 @@ def describe_error(exc: BaseException) -> str | None:
         return (
             f"cannot connect to RabbitMQ at {where} ({exc!r}); is the suite running? (htmengine up)"
         )
+    if isinstance(exc, BrokenPipeError):
+        return None  # stdout piped into `head`: click ends quietly
     if isinstance(exc, OSError):
         return str(exc)
     return None
