@@ -12,6 +12,7 @@ connected synapses are mirrored input-major so a record's overlaps are 42 row ad
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,7 @@ def _learn(
     connected_by_input: np.ndarray,
     overlap_duty: np.ndarray,
     active_duty: np.ndarray,
+    touched: np.ndarray,
     min_overlap_duty: np.float32,
     iteration: int,
     duty_cycle_period: int,
@@ -176,7 +178,10 @@ def _learn(
     connected_perm: np.float32,
     trim_threshold: np.float32,
 ) -> None:
-    """Permanence learning, duty cycles and the weak-column bump of one learning step."""
+    """Permanence learning, duty cycles and the weak-column bump of one learning step.
+
+    ``touched`` marks columns whose permanences have moved from their initial values.
+    """
     num_inputs = connected_by_input.shape[0]
     pool_size = pool_inputs.shape[1]
     delta = np.full(num_inputs, -inactive_dec, dtype=np.float32)
@@ -184,6 +189,7 @@ def _learn(
         delta[b] = active_inc
     perms = np.empty(pool_size, dtype=np.float32)
     for c in active:
+        touched[c] = 1
         for j in range(pool_size):
             perms[j] = pool_perms[c, j] + delta[pool_inputs[c, j]]
         _store_column(
@@ -210,6 +216,7 @@ def _learn(
 
     for c in range(overlap_duty.shape[0]):
         if overlap_duty[c] < min_overlap_duty:
+            touched[c] = 1
             for j in range(pool_size):
                 perms[j] = pool_perms[c, j] + below_stimulus_inc
             _store_column(
@@ -222,6 +229,43 @@ def _learn(
                 connected_perm,
                 trim_threshold,
             )
+
+
+@functools.lru_cache(maxsize=4)
+def _initial_tables(
+    num_inputs: int,
+    num_columns: int,
+    pool_size: int,
+    seed: int,
+    centred_pools: bool,
+    connected_perm: np.float32,
+    trim_threshold: np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read-only initial (pool inputs, permanences, connected mirror, tie-breakers).
+
+    NuPIC seeds every pooler with the same fixed seed, so all models with one parameter set start
+    from identical tables: they are drawn once per process. Pools and tie-breakers never change and
+    are shared; permanences and the connected mirror are copied by each pooler. This is also what
+    lets a checkpoint store only the columns that have learned.
+    """
+    pool_inputs = np.zeros((num_columns, pool_size), dtype=np.int16)
+    pool_perms = np.zeros((num_columns, pool_size), dtype=np.float32)
+    connected_by_input = np.zeros((num_inputs, num_columns), dtype=np.uint8)
+    tie_breaker = np.zeros(num_columns, dtype=np.float32)
+    _initialize(
+        Random(seed).state,
+        pool_inputs,
+        pool_perms,
+        connected_by_input,
+        tie_breaker,
+        centred_pools,
+        connected_perm,
+        trim_threshold,
+    )
+    tables = (pool_inputs, pool_perms, connected_by_input, tie_breaker)
+    for table in tables:
+        table.flags.writeable = False
+    return tables
 
 
 class SpatialPooler:
@@ -263,22 +307,7 @@ class SpatialPooler:
         self.seed = seed
         self.version = version
         self._derive_constants()
-
-        pool_size = self._pool_size()
-        self.pool_inputs = np.zeros((num_columns, pool_size), dtype=np.int16)
-        self.pool_perms = np.zeros((num_columns, pool_size), dtype=np.float32)
-        self.connected_by_input = np.zeros((num_inputs, num_columns), dtype=np.uint8)
-        self.tie_breaker = np.zeros(num_columns, dtype=np.float32)
-        _initialize(
-            Random(seed).state,
-            self.pool_inputs,
-            self.pool_perms,
-            self.connected_by_input,
-            self.tie_breaker,
-            version != "0.3.4",
-            self._connected,
-            self._trim,
-        )
+        self._start_from_initial_tables()
         self.overlap_duty = np.zeros(num_columns, dtype=np.float32)
         self.active_duty = np.zeros(num_columns, dtype=np.float32)
         self.min_overlap_duty = _F32(0.0)
@@ -293,6 +322,20 @@ class SpatialPooler:
         self._below_stimulus_inc = _F32(float(self._connected) / 10.0)
         self._trim = _F32(float(self._active_inc) / 2.0)
         self._min_pct_overlap = _F32(self.min_pct_overlap_duty_cycle)
+
+    def _start_from_initial_tables(self) -> None:
+        self.pool_inputs, perms, connected, self.tie_breaker = _initial_tables(
+            self.num_inputs,
+            self.num_columns,
+            self._pool_size(),
+            self.seed,
+            self.version != "0.3.4",
+            self._connected,
+            self._trim,
+        )
+        self.pool_perms = perms.copy()
+        self.connected_by_input = connected.copy()
+        self.touched = np.zeros(self.num_columns, dtype=np.uint8)
 
     def _pool_size(self) -> int:
         scaled = float(_F32(self.num_inputs) * _F32(self.potential_pct))  # f32 product, as in C++
@@ -328,6 +371,7 @@ class SpatialPooler:
             self.connected_by_input,
             self.overlap_duty,
             self.active_duty,
+            self.touched,
             self.min_overlap_duty,
             self.iteration,
             self.duty_cycle_period,
@@ -348,8 +392,11 @@ class SpatialPooler:
         return row
 
     def get_state(self) -> dict[str, Any]:
-        in_pool = np.zeros((self.num_columns, self.num_inputs), dtype=bool)
-        np.put_along_axis(in_pool, self.pool_inputs.astype(np.intp), True, axis=1)
+        """Parameters, counters, duty cycles and the permanences of the columns that learned.
+
+        Pools and the other columns' permanences are the seeded initial tables, rebuilt on load.
+        """
+        touched = np.flatnonzero(self.touched)
         return {
             "num_inputs": self.num_inputs,
             "num_columns": self.num_columns,
@@ -362,8 +409,8 @@ class SpatialPooler:
             "duty_cycle_period": self.duty_cycle_period,
             "seed": self.seed,
             "version": self.version,
-            "pool_bits": np.packbits(in_pool, axis=1),
-            "pool_perms": self.pool_perms.copy(),
+            "touched_columns": touched.astype(np.uint16),
+            "touched_perms": self.pool_perms[touched],
             "overlap_duty": self.overlap_duty.copy(),
             "active_duty": self.active_duty.copy(),
             "min_overlap_duty": float(self.min_overlap_duty),
@@ -396,31 +443,25 @@ class SpatialPooler:
         if obj.version not in VERSIONS:
             raise ValueError(f"spatial pooler state has unknown version {obj.version!r}")
         obj._derive_constants()
-        pool_size = obj._pool_size()
-        in_pool = np.unpackbits(
-            np.asarray(state["pool_bits"], dtype=np.uint8), axis=1, count=obj.num_inputs
-        ).astype(bool)
-        if in_pool.shape != (obj.num_columns, obj.num_inputs) or not np.all(
-            in_pool.sum(axis=1) == pool_size
+        obj._start_from_initial_tables()
+        columns = np.asarray(state["touched_columns"], dtype=np.int64)
+        perms = np.asarray(state["touched_perms"], dtype=np.float32)
+        pool_size = obj.pool_inputs.shape[1]
+        if perms.shape != (columns.size, pool_size) or (
+            columns.size and (columns.min() < 0 or columns.max() >= obj.num_columns)
         ):
-            raise ValueError("spatial pooler state: potential pools do not match the parameters")
-        obj.pool_inputs = (
-            np.nonzero(in_pool)[1].reshape(obj.num_columns, pool_size).astype(np.int16)
-        )
-        obj.pool_perms = np.ascontiguousarray(state["pool_perms"], dtype=np.float32)
-        if obj.pool_perms.shape != (obj.num_columns, pool_size):
-            raise ValueError("spatial pooler state: permanence table has the wrong shape")
-        obj.connected_by_input = np.zeros((obj.num_inputs, obj.num_columns), dtype=np.uint8)
-        columns = np.repeat(np.arange(obj.num_columns), pool_size)
-        connected = (obj.pool_perms >= obj._connected).ravel()
-        obj.connected_by_input[obj.pool_inputs.ravel()[connected], columns[connected]] = 1
+            raise ValueError("spatial pooler state: learned columns do not match the parameters")
+        obj.pool_perms[columns] = perms
+        obj.touched[columns] = 1
+        inputs = obj.pool_inputs[columns].ravel()
+        obj.connected_by_input[inputs, np.repeat(columns, pool_size)] = (
+            perms >= obj._connected
+        ).ravel()
         obj.overlap_duty = np.array(state["overlap_duty"], dtype=np.float32)
         obj.active_duty = np.array(state["active_duty"], dtype=np.float32)
+        if obj.overlap_duty.shape != (obj.num_columns,) or obj.active_duty.shape != (
+            obj.num_columns,
+        ):
+            raise ValueError("spatial pooler state: duty cycles have the wrong shape")
         obj.min_overlap_duty = _F32(state["min_overlap_duty"])
-        # The tie-breakers are the first draws of the pooler's generator (which is not used after
-        # initialisation), so they are rebuilt from the seed rather than stored.
-        rng = Random(obj.seed)
-        obj.tie_breaker = np.array(
-            [0.01 * rng.get_real64() for _ in range(obj.num_columns)], dtype=np.float32
-        )
         return obj
