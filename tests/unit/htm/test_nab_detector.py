@@ -77,7 +77,6 @@ def test_final_scores_from_oracle_raw_scores(nab_dir, key):
 
 
 @pytest.mark.nab
-@pytest.mark.slow
 def test_detector_matches_nupic_on_art_daily_jumpsup(nab_dir):
     timestamps, values, finals, raws = read_oracle(
         nab_dir, "artificialWithAnomaly/art_daily_jumpsup.csv"
