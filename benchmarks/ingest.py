@@ -13,7 +13,7 @@ and prints:
   and the storer's parser), and inserting the same rows with multi-row INSERTs (1,000 rows per
   statement, 50,000 per transaction) over one PyMySQL connection; and our figures as ratios.
 
-    python benchmarks/ingest.py [--lines 1000000] [--metrics 1000] [--storers 1]
+    python benchmarks/ingest.py [--lines 1000000] [--metrics 1000] [--connections N]
 """
 
 from __future__ import annotations
@@ -187,23 +187,11 @@ def run_pipeline(app, lines: list[bytes]) -> dict[str, float]:
     }
 
 
-def start_services(app, storers: int):
-    """supervisord with the listener and `storers` storer processes (numprocs)."""
+def start_services(app):
+    """supervisord with the listener and the storer, as the integration tests run them."""
     from tests.support.app import Supervisor
 
-    class BenchSupervisor(Supervisor):
-        def write_config(self) -> None:
-            super().write_config()
-            if storers > 1:
-                base = self.app.conf_dir / "supervisord-base.conf"
-                text = base.read_text().replace(
-                    "[program:metric_storer]\n",
-                    f"[program:metric_storer]\nnumprocs = {storers}\n"
-                    "process_name = %(program_name)s_%(process_num)d\n",
-                )
-                base.write_text(text)
-
-    supervisor = BenchSupervisor(app, ["metric_listener", "metric_storer"])
+    supervisor = Supervisor(app, ["metric_listener", "metric_storer"])
     supervisor.start()
     deadline = time.monotonic() + 30
     while True:
@@ -221,10 +209,9 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--metrics", type=int, default=1000)
     parser.add_argument(
-        "--storers",
+        "--connections",
         type=int,
-        default=1,
-        help="storer processes (supervisord numprocs)",
+        help="DB connections of the storer (default: [metric_storer] connections)",
     )
     args = parser.parse_args()
 
@@ -233,20 +220,28 @@ def main() -> int:
     start_servers()
     root = Path(tempfile.mkdtemp(prefix="htmengine-bench-ingest-"))
     app = create_test_app(root)
+    if args.connections is not None:
+        app.override("application.conf", {"metric_storer": {"connections": str(args.connections)}})
     from htmengine.repository import migrate
 
     migrate.upgrade()
     lines = make_lines(args.lines, args.metrics)
     supervisor = None
     try:
-        print(f"{args.lines:,} lines for {args.metrics:,} metrics; app {app.name} in {root}")
+        from htmengine.config import get_app_config
+
+        connections = get_app_config().getint("metric_storer", "connections")
+        print(
+            f"{args.lines:,} lines for {args.metrics:,} metrics; storer with {connections} DB "
+            f"connection(s); app {app.name} in {root}"
+        )
         parse_listener, parse_storer = parse_ceilings(lines)
         print(f"ceiling: listener parser   {parse_listener:12,.0f} lines/s (tight loop)")
         print(f"ceiling: storer parser     {parse_storer:12,.0f} lines/s (tight loop)")
         insert = insert_ceiling(lines, args.metrics)
         print(f"ceiling: multi-row INSERT  {insert:12,.0f} rows/s (one PyMySQL connection)")
 
-        supervisor = start_services(app, args.storers)
+        supervisor = start_services(app)
         figures = run_pipeline(app, lines)
         print(
             f"listener accepted          {figures['listener_lines_per_sec']:12,.0f} lines/s"
