@@ -38,10 +38,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from pika.exceptions import AMQPError
 from sqlalchemy.engine import Connection, Row
 
 from htmengine import exceptions
-from htmengine.bus import MessageBus, rejected_queue_name
+from htmengine.bus import MessageBus, MessageBusError, rejected_queue_name
 from htmengine.config import get_app_config
 from htmengine.htm.params import DEFAULT_VERSION
 from htmengine.instrumentation import (
@@ -149,16 +150,16 @@ class AnomalyService:
     def handle_batch(self, batch: ResultBatch) -> None:
         """Process one result batch, publish what it produced, then ack it.
 
-        A batch that fails for a reason other than the database (a bug, a malformed result) is
-        moved to ``<results_queue>.rejected`` so it cannot block the queue; database errors are
-        retried and, if they persist, end the process (supervisord restarts it and the broker
-        redelivers the batch).
+        A batch that fails for a reason other than the database or the broker (a bug, a malformed
+        result) is moved to ``<results_queue>.rejected`` so it cannot block the queue; database
+        and broker errors are retried and, if they persist, end the process (supervisord restarts
+        it and the broker redelivers the batch).
         """
         started = time.monotonic()
         self.metrics.batches_received.inc()
         try:
             publications = self.process_batch(batch.modelID, batch.objects, batch.redelivered)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, MessageBusError, AMQPError):
             raise
         except Exception as exc:
             LOGGER.exception("result batch of model %s cannot be processed", batch.modelID)
