@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -123,6 +123,15 @@ class BatchOutcome:
     dropped: int = 0
 
 
+@dataclass
+class PreparedBatch:
+    """Messages decoded and parsed, waiting to be stored."""
+
+    messages: list[Message]
+    samples_by_name: dict[str, list[Sample]]
+    outcome: BatchOutcome
+
+
 class MetricStorer:
     """One storer: consume, decode, store in one transaction per batch, ack after commit."""
 
@@ -144,6 +153,7 @@ class MetricStorer:
         self.prefetch = prefetch
         self.connections = connections
         self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="store")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self.streamer = streamer
         self.metrics = metrics
         self.log = log
@@ -152,7 +162,12 @@ class MetricStorer:
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        """Consume until `stopping` is set (checked between batches)."""
+        """Consume until `stopping` is set (checked between batches).
+
+        Pipelined: while one batch is being written (writer thread), the next one is received
+        and parsed. Batches are still written one after the other, so each metric's samples
+        keep their order, and a batch's messages are acked only after its commit.
+        """
         self.bus.declare_queue(self.queue_name)
         self.bus.declare_queue(self.rejected_queue)
         self.log.info("storing from queue %s (prefetch %d)", self.queue_name, self.prefetch)
@@ -160,10 +175,21 @@ class MetricStorer:
         batch_messages = max(1, self.prefetch // 2)
         pending: list[Message] = []
         first_arrival = 0.0
+        in_flight: tuple[PreparedBatch, Future[list[StoredRows]]] | None = None
+
+        def settle() -> None:
+            nonlocal in_flight
+            if in_flight is not None:
+                batch, future = in_flight
+                in_flight = None
+                self.finish(batch, future.result())
+
         deliveries = self.bus.consume(
             self.queue_name, prefetch=self.prefetch, inactivity_timeout=IDLE_FLUSH_SEC
         )
         for message in deliveries:
+            if in_flight is not None and in_flight[1].done():
+                settle()
             if message is not None:
                 if not pending:
                     first_arrival = time.monotonic()
@@ -174,18 +200,27 @@ class MetricStorer:
                 ):
                     continue
             if pending:
-                self.process(pending)
+                batch = self.prepare(pending)
                 pending = []
+                settle()
+                in_flight = (batch, self._writer.submit(self._store, batch.samples_by_name))
             if self.stopping.is_set():
                 break
+        settle()
         if pending:
             self.process(pending)
 
     def process(self, messages: list[Message]) -> BatchOutcome:
         """Store a batch of messages and ack them (dead-lettering the unusable ones)."""
-        outcome = BatchOutcome(messages=len(messages))
+        batch = self.prepare(messages)
+        return self.finish(batch, self._store(batch.samples_by_name))
+
+    def prepare(self, messages: list[Message]) -> PreparedBatch:
+        """Decode and parse a batch; unusable messages go to the dead-letter queue."""
+        batch = PreparedBatch(messages, {}, BatchOutcome(messages=len(messages)))
+        outcome = batch.outcome
+        samples_by_name = batch.samples_by_name
         self.metrics.messages_received.inc(len(messages))
-        samples_by_name: dict[str, list[Sample]] = {}
         for message in messages:
             try:
                 lines = decode_message(message.body)
@@ -208,13 +243,15 @@ class MetricStorer:
                 if samples is None:
                     samples = samples_by_name[name] = []
                 samples.append((seconds, value))
-        if samples_by_name:
-            stored = self._store(samples_by_name)
-            self._count(stored, outcome)
-            self.streamer.rows_committed(stored)
-        for message in messages:
+        return batch
+
+    def finish(self, batch: PreparedBatch, stored: list[StoredRows]) -> BatchOutcome:
+        """After the commit: count, hand the rows to the hook, ack the messages."""
+        self._count(stored, batch.outcome)
+        self.streamer.rows_committed(stored)
+        for message in batch.messages:
             message.ack()
-        return outcome
+        return batch.outcome
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         self.metrics.messages_rejected.labels(reason).inc()
@@ -236,6 +273,8 @@ class MetricStorer:
         metrics were deleted meanwhile is re-resolved (re-created) and stored again.
         """
         results: list[StoredRows] = []
+        if not samples_by_name:
+            return results
         remaining = samples_by_name
         for _attempt in range(MISSING_METRIC_RETRIES):
             uids = self._resolve(remaining)
