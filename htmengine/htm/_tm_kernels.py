@@ -68,7 +68,13 @@ S_N_SYNAPSES = 11
 S_FWD_ENTRIES = 12
 S_N_TOUCHED = 13
 S_ERROR = 14
-S_SIZE = 15
+# work counters (diagnostics for benchmarks; nothing reads them)
+S_WORK_INF_PHASE2 = 15
+S_WORK_LRN_PHASE2 = 16
+S_WORK_FWD_ENTRIES = 17
+S_WORK_ADAPTS = 18
+S_WORK_T1_SYNAPSES = 19
+S_SIZE = 20
 
 # sf: float32 scalars
 SF_AVG_INPUT_DENSITY = 0
@@ -182,31 +188,29 @@ TMArrays = namedtuple(
 
 
 @njit(cache=True)
-def _set_clear(a, k):
-    flag = a.st_flag[k]
-    lst = a.st_list[k]
-    for j in range(a.st_count[k]):
-        flag[lst[j]] = 0
-    a.st_count[k] = 0
+def _set_clear(st_flag, st_list, st_count, k):
+    for j in range(st_count[k]):
+        st_flag[k, st_list[k, j]] = 0
+    st_count[k] = 0
 
 
 @njit(cache=True)
-def _set_add(a, k, i):
-    if a.st_flag[k, i] == 0:
-        a.st_flag[k, i] = 1
-        a.st_list[k, a.st_count[k]] = i
-        a.st_count[k] += 1
+def _set_add(st_flag, st_list, st_count, k, i):
+    if st_flag[k, i] == 0:
+        st_flag[k, i] = 1
+        st_list[k, st_count[k]] = i
+        st_count[k] += 1
 
 
 @njit(cache=True)
-def _set_copy(a, dst, src):
-    _set_clear(a, dst)
-    n = a.st_count[src]
+def _set_copy(st_flag, st_list, st_count, dst, src):
+    _set_clear(st_flag, st_list, st_count, dst)
+    n = st_count[src]
     for j in range(n):
-        i = a.st_list[src, j]
-        a.st_flag[dst, i] = 1
-        a.st_list[dst, j] = i
-    a.st_count[dst] = n
+        i = st_list[src, j]
+        st_flag[dst, i] = 1
+        st_list[dst, j] = i
+    st_count[dst] = n
 
 
 @njit(cache=True)
@@ -279,43 +283,43 @@ def pool_compact(start, length, cap, pool):
 
 
 @njit(cache=True)
-def _pool_append(a, start, length, cap, pool, used_key, lst, value):
+def _pool_append(s, start, length, cap, pool, used_key, lst, value):
     n = length[lst]
     if n == cap[lst]:
         new_cap = 2 * n if n >= 4 else 4
-        if a.s[used_key] + new_cap > pool.shape[0]:
-            a.s[used_key] = pool_compact(start, length, cap, pool)
-            if a.s[used_key] + new_cap > pool.shape[0]:
-                a.s[S_ERROR] = ERR_POOL_FULL
+        if s[used_key] + new_cap > pool.shape[0]:
+            s[used_key] = pool_compact(start, length, cap, pool)
+            if s[used_key] + new_cap > pool.shape[0]:
+                s[S_ERROR] = ERR_POOL_FULL
                 return
         if n == cap[lst]:
-            s = start[lst]
-            d = a.s[used_key]
+            old_start = start[lst]
+            d = s[used_key]
             for j in range(n):
-                pool[d + j] = pool[s + j]
+                pool[d + j] = pool[old_start + j]
             start[lst] = d
             cap[lst] = new_cap
-            a.s[used_key] = d + new_cap
+            s[used_key] = d + new_cap
     pool[start[lst] + n] = value
     length[lst] = n + 1
 
 
 @njit(cache=True)
-def _fwd_add(a, src, g):
-    _pool_append(a, a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, S_FWD_POOL_USED, src, g)
-    a.s[S_FWD_ENTRIES] += 1
+def _fwd_add(s, fwd_start, fwd_len, fwd_cap, fwd_pool, src, g):
+    _pool_append(s, fwd_start, fwd_len, fwd_cap, fwd_pool, S_FWD_POOL_USED, src, g)
+    s[S_FWD_ENTRIES] += 1
 
 
 @njit(cache=True)
-def _fwd_erase(a, src, g):
+def _fwd_erase(s, fwd_start, fwd_len, fwd_pool, src, g):
     """Erase the entry of segment g from src's list, if any (swap with the last, like NuPIC)."""
-    s = a.fwd_start[src]
-    n = a.fwd_len[src]
+    s0 = fwd_start[src]
+    n = fwd_len[src]
     for j in range(n):
-        if a.fwd_pool[s + j] == g:
-            a.fwd_pool[s + j] = a.fwd_pool[s + n - 1]
-            a.fwd_len[src] = n - 1
-            a.s[S_FWD_ENTRIES] -= 1
+        if fwd_pool[s0 + j] == g:
+            fwd_pool[s0 + j] = fwd_pool[s0 + n - 1]
+            fwd_len[src] = n - 1
+            s[S_FWD_ENTRIES] -= 1
             return
 
 
@@ -324,43 +328,40 @@ def _fwd_erase(a, src, g):
 
 
 @njit(cache=True)
-def _duty_cycle(a, g, iteration, active, read_only):
+def _duty_cycle(seg_pos, seg_dc, seg_dc_it, g, iteration, active, read_only):
     """``Segment::dutyCycle``: positive-activation duty cycle with tiered decay (§4.6)."""
     if iteration <= _DUTY_TIERS[1]:
-        dc = np.float32(a.seg_pos[g]) / np.float32(iteration)
+        dc = np.float32(seg_pos[g]) / np.float32(iteration)
         if not read_only:
-            a.seg_dc_it[g] = iteration
-            a.seg_dc[g] = dc
+            seg_dc_it[g] = iteration
+            seg_dc[g] = dc
         return dc
-    age = iteration - a.seg_dc_it[g]
+    age = iteration - seg_dc_it[g]
     if age == 0 and not active:
-        return a.seg_dc[g]
+        return seg_dc[g]
     alpha = np.float32(0.0)
     for tier in range(_DUTY_TIERS.shape[0] - 1, 0, -1):
         if iteration > _DUTY_TIERS[tier]:
             alpha = _DUTY_ALPHAS[tier]
             break
-    dc = np.float32((1.0 - np.float64(alpha)) ** np.float64(age) * np.float64(a.seg_dc[g]))
+    dc = np.float32((1.0 - np.float64(alpha)) ** np.float64(age) * np.float64(seg_dc[g]))
     if active:
         dc = np.float32(dc + alpha)
     if not read_only:
-        a.seg_dc[g] = dc
-        a.seg_dc_it[g] = iteration
+        seg_dc[g] = dc
+        seg_dc_it[g] = iteration
     return dc
 
 
 @njit(cache=True)
-def _is_active(a, g, k):
-    """``Cells4::isActive``: at least threshold connected synapses from set k."""
-    thr = a.p[P_ACT_THRESHOLD]
-    n = a.seg_len[g]
-    if n < thr or a.seg_nconn[g] < thr:
+def _is_active(seg_len, seg_nconn, syn_src, syn_perm, flag, g, thr, conn):
+    """``Cells4::isActive``: at least thr synapses of permanence >= conn from the flagged cells."""
+    n = seg_len[g]
+    if n < thr or seg_nconn[g] < thr:
         return False
-    conn = a.pf[PF_CONNECTED]
-    flag = a.st_flag[k]
     activity = 0
     for j in range(n):
-        if a.syn_perm[g, j] >= conn and flag[a.syn_src[g, j]] != 0:
+        if syn_perm[g, j] >= conn and flag[syn_src[g, j]] != 0:
             activity += 1
             if activity >= thr:
                 return True
@@ -399,7 +400,7 @@ def _create_segment(a, cell, src, n, seq_flag):
         a.seg_free_next[g] = -1
         a.seg_is_free[g] = 0
         _pool_append(
-            a,
+            a.s,
             a.cell_slot_start,
             a.cell_slot_len,
             a.cell_slot_cap,
@@ -430,7 +431,7 @@ def _create_segment(a, cell, src, n, seq_flag):
     a.s[S_N_SEGMENTS] += 1
     a.s[S_N_SYNAPSES] += n
     for j in range(n):
-        _fwd_add(a, src[j], g)
+        _fwd_add(a.s, a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, src[j], g)
 
 
 @njit(cache=True)
@@ -438,10 +439,11 @@ def _adapt_existing(a, g, upd, n_upd):
     """adaptSegment on an existing segment, with core 0.4.10's stale-position freeing (§4.6)."""
     if a.seg_len[g] == 0:
         return  # released meanwhile
+    a.s[S_WORK_ADAPTS] += 1
     it = a.s[S_N_LRN_ITERATIONS]
     a.seg_last_active[g] = it
     a.seg_pos[g] += 1
-    _duty_cycle(a, g, it, True, False)
+    _duty_cycle(a.seg_pos, a.seg_dc, a.seg_dc_it, g, it, True, False)
 
     old_len = a.seg_len[g]
     src = a.scr_src
@@ -578,11 +580,11 @@ def _adapt_existing(a, g, upd, n_upd):
     a.s[S_N_SYNAPSES] += final_len - old_len
     a.seg_len[g] = final_len
     for k in range(n_new):
-        _fwd_add(a, new[k], g)
+        _fwd_add(a.s, a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, new[k], g)
 
     if n_removed > 0:
         for k in range(n_removed):
-            _fwd_erase(a, removed[k], g)
+            _fwd_erase(a.s, a.fwd_start, a.fwd_len, a.fwd_pool, removed[k], g)
     if n_removed > 0 or freed_any:
         nconn = 0
         for j in range(final_len):
@@ -594,28 +596,27 @@ def _adapt_existing(a, g, upd, n_upd):
 
 
 @njit(cache=True)
-def _compute_update(a, cell, g, k, on_sorted, out):
-    """``computeUpdate`` with new synapses: the list of an update for (cell, g) from set k."""
+def _compute_update(seg_len, syn_src, flag, rng, cand, new_synapse_count, g, on_sorted, out):
+    """``computeUpdate`` with new synapses: the update list for segment g (or NEW if g < 0)
+    from the flagged cells, whose sorted list is ``on_sorted``."""
     m = 0
     if g >= 0:
-        flag = a.st_flag[k]
-        for j in range(a.seg_len[g]):
-            s = a.syn_src[g, j]
+        for j in range(seg_len[g]):
+            s = syn_src[g, j]
             if flag[s] != 0:
                 out[m] = s
                 m += 1
-    need = a.p[P_NEW_SYNAPSES] - m
+    need = new_synapse_count - m
     if need > 0:
-        cand = a.scr_cand
         nc = 0
         if g >= 0:
-            n_seg = a.seg_len[g]
+            n_seg = seg_len[g]
             j = 0
             for i in range(on_sorted.shape[0]):
                 c = on_sorted[i]
-                while j < n_seg and a.syn_src[g, j] < c:
+                while j < n_seg and syn_src[g, j] < c:
                     j += 1
-                if j < n_seg and a.syn_src[g, j] == c:
+                if j < n_seg and syn_src[g, j] == c:
                     continue
                 cand[nc] = c
                 nc += 1
@@ -630,10 +631,10 @@ def _compute_update(a, cell, g, k, on_sorted, out):
                     out[m] = cand[i]
                     m += 1
             elif need == 1:
-                out[m] = cand[rng_uint32(a.rng, nc)]
+                out[m] = cand[rng_uint32(rng, nc)]
                 m += 1
             else:
-                chosen = rng_sample(a.rng, cand[:nc], need)
+                chosen = rng_sample(rng, cand[:nc], need)
                 for i in range(need):
                     out[m] = chosen[i]
                     m += 1
@@ -683,7 +684,7 @@ def _cell_for_new_segment(a, col):
         for slot in range(a.cell_slot_len[cell]):
             g = a.slot_pool[s0 + slot]
             if a.seg_len[g] > 0:
-                dc = _duty_cycle(a, g, it, False, False)
+                dc = _duty_cycle(a.seg_pos, a.seg_dc, a.seg_dc_it, g, it, False, False)
                 if dc < best_dc:
                     best_dc = dc
                     best_g = g
@@ -692,33 +693,32 @@ def _cell_for_new_segment(a, col):
         a.s[S_ERROR] = ERR_NO_EVICTABLE_SEGMENT
         return base + 1
     for j in range(a.seg_len[best_g]):
-        _fwd_erase(a, a.syn_src[best_g, j], best_g)
+        _fwd_erase(a.s, a.fwd_start, a.fwd_len, a.fwd_pool, a.syn_src[best_g, j], best_g)
     _clean_updates(a, best_g)
     _release_segment(a, best_g)
     return best_cell
 
 
 @njit(cache=True)
-def _best_matching_cell_t1(a, col, k):
-    """``getBestMatchingCellT1``: direct counts over all synapses against set k (§4.6)."""
-    cpc = a.p[P_CPC]
-    base = col * cpc
-    flag = a.st_flag[k]
+def _best_matching_cell_t1(
+    cell_slot_start, cell_slot_len, slot_pool, seg_len, syn_src, flag, base, cpc, min_threshold
+):
+    """``getBestMatchingCellT1``: direct counts over all synapses against the flagged cells."""
     best_cell = -1
     best_g = -1
-    best_activity = a.p[P_MIN_THRESHOLD]
+    best_activity = min_threshold
     for cell in range(base, base + cpc):
         max_activity = 0
         max_g = -1
-        s0 = a.cell_slot_start[cell]
-        for slot in range(a.cell_slot_len[cell]):
-            g = a.slot_pool[s0 + slot]
-            n = a.seg_len[g]
+        s0 = cell_slot_start[cell]
+        for slot in range(cell_slot_len[cell]):
+            g = slot_pool[s0 + slot]
+            n = seg_len[g]
             if n == 0:
                 continue
             activity = 0
             for j in range(n):
-                if flag[a.syn_src[g, j]] != 0:
+                if flag[syn_src[g, j]] != 0:
                     activity += 1
             if activity > max_activity:
                 max_activity = activity
@@ -740,6 +740,7 @@ def _forward_counts(a, k):
     for j in range(a.st_count[k]):
         src = lst[j]
         s0 = a.fwd_start[src]
+        a.s[S_WORK_FWD_ENTRIES] += a.fwd_len[src]
         for e in range(s0, s0 + a.fwd_len[src]):
             g = a.fwd_pool[e]
             if a.seg_count[g] == 0:
@@ -776,11 +777,11 @@ def _segments_reaching(a, threshold):
 
 @njit(cache=True)
 def _infer_phase1(a, cols, use_start_cells):
-    _set_clear(a, INF_ACTIVE)
+    _set_clear(a.st_flag, a.st_list, a.st_count, INF_ACTIVE)
     cpc = a.p[P_CPC]
     if use_start_cells:
         for c in cols:
-            _set_add(a, INF_ACTIVE, c * cpc)
+            _set_add(a.st_flag, a.st_list, a.st_count, INF_ACTIVE, c * cpc)
         return True
     pred_flag = a.st_flag[INF_PRED_T1]
     n_predicted_cols = 0
@@ -790,21 +791,23 @@ def _infer_phase1(a, cols, use_start_cells):
         for cell in range(base, base + cpc):
             if pred_flag[cell] != 0:
                 any_predicted = True
-                _set_add(a, INF_ACTIVE, cell)
+                _set_add(a.st_flag, a.st_list, a.st_count, INF_ACTIVE, cell)
         if any_predicted:
             n_predicted_cols += 1
         else:
             for cell in range(base, base + cpc):
-                _set_add(a, INF_ACTIVE, cell)
+                _set_add(a.st_flag, a.st_list, a.st_count, INF_ACTIVE, cell)
     return n_predicted_cols >= 0.5 * cols.shape[0]
 
 
 @njit(cache=True)
 def _infer_phase2(a):
+    a.s[S_WORK_INF_PHASE2] += 1
     _forward_counts(a, INF_ACTIVE)
-    _set_clear(a, INF_PRED)
+    _set_clear(a.st_flag, a.st_list, a.st_count, INF_PRED)
     _col_conf_clear(a, CONF_T)
     thr = a.p[P_ACT_THRESHOLD]
+    conn = a.pf[PF_CONNECTED]
     cpc = a.p[P_CPC]
     it = a.s[S_N_LRN_ITERATIONS]
     segs = _segments_reaching(a, thr)
@@ -815,13 +818,15 @@ def _infer_phase2(a):
         g = segs[i]
         cell = a.seg_cell[g]
         c = cell // cpc
-        dc = _duty_cycle(a, g, it, False, False)
+        dc = _duty_cycle(a.seg_pos, a.seg_dc, a.seg_dc_it, g, it, False, False)
         if a.col_count[CONF_T] == 0 or a.col_list[CONF_T, a.col_count[CONF_T] - 1] != c:
             a.col_list[CONF_T, a.col_count[CONF_T]] = c
             a.col_count[CONF_T] += 1
         conf[c] = np.float32(conf[c] + dc)
-        if _is_active(a, g, INF_ACTIVE):
-            _set_add(a, INF_PRED, cell)
+        if _is_active(
+            a.seg_len, a.seg_nconn, a.syn_src, a.syn_perm, a.st_flag[INF_ACTIVE], g, thr, conn
+        ):
+            _set_add(a.st_flag, a.st_list, a.st_count, INF_PRED, cell)
             if c != last_predicted_col:
                 n_predicted_cols += 1
                 last_predicted_col = c
@@ -841,13 +846,13 @@ def _infer_backtrack(a):
     if n == 0:
         return
     cur = n - 1
-    _set_copy(a, INF_ACTIVE_BACKUP, INF_ACTIVE)
-    _set_copy(a, INF_PRED_BACKUP, INF_PRED_T1)
+    _set_copy(a.st_flag, a.st_list, a.st_count, INF_ACTIVE_BACKUP, INF_ACTIVE)
+    _set_copy(a.st_flag, a.st_list, a.st_count, INF_PRED_BACKUP, INF_PRED_T1)
     candidate = -1
     for start in range(n):
         in_sequence = False
         for offset in range(start, n):
-            _set_copy(a, INF_PRED_T1, INF_PRED)
+            _set_copy(a.st_flag, a.st_list, a.st_count, INF_PRED_T1, INF_PRED)
             pattern = a.inf_q[offset, : a.inf_q_len[offset]]
             in_sequence = _infer_phase1(a, pattern, offset == start)
             if not in_sequence:
@@ -858,21 +863,21 @@ def _infer_backtrack(a):
         if in_sequence:
             candidate = start
             if start != cur:
-                _set_copy(a, INF_ACTIVE_CAND, INF_ACTIVE)
-                _set_copy(a, INF_PRED_CAND, INF_PRED)
+                _set_copy(a.st_flag, a.st_list, a.st_count, INF_ACTIVE_CAND, INF_ACTIVE)
+                _set_copy(a.st_flag, a.st_list, a.st_count, INF_PRED_CAND, INF_PRED)
                 _col_conf_copy(a, CONF_CAND, CONF_T)
             break
     if candidate == -1:
-        _set_copy(a, INF_ACTIVE, INF_ACTIVE_BACKUP)
+        _set_copy(a.st_flag, a.st_list, a.st_count, INF_ACTIVE, INF_ACTIVE_BACKUP)
         _infer_phase2(a)
     elif candidate != cur:
-        _set_copy(a, INF_ACTIVE, INF_ACTIVE_CAND)
-        _set_copy(a, INF_PRED, INF_PRED_CAND)
+        _set_copy(a.st_flag, a.st_list, a.st_count, INF_ACTIVE, INF_ACTIVE_CAND)
+        _set_copy(a.st_flag, a.st_list, a.st_count, INF_PRED, INF_PRED_CAND)
         _col_conf_copy(a, CONF_T, CONF_CAND)
     # every start before the candidate failed; all failed without one
     n_pop = n if candidate == -1 else candidate + 1
     _queue_pop_front(a.inf_q, a.inf_q_len, a.s, S_INF_QUEUE_LEN, n_pop)
-    _set_copy(a, INF_PRED_T1, INF_PRED_BACKUP)
+    _set_copy(a.st_flag, a.st_list, a.st_count, INF_PRED_T1, INF_PRED_BACKUP)
 
 
 @njit(cache=True)
@@ -897,7 +902,7 @@ def _queue_push(q, q_len, s, len_key, max_len, cols):
 
 @njit(cache=True)
 def _update_inference_state(a, cols):
-    _set_copy(a, INF_PRED_T1, INF_PRED)
+    _set_copy(a.st_flag, a.st_list, a.st_count, INF_PRED_T1, INF_PRED)
     if a.p[P_MAX_INF_BACKTRACK] > 0:
         _queue_push(a.inf_q, a.inf_q_len, a.s, S_INF_QUEUE_LEN, a.p[P_MAX_INF_BACKTRACK], cols)
     if not _infer_phase1(a, cols, False):
@@ -935,10 +940,12 @@ def _process_segment_updates(a, cols):
 
 @njit(cache=True)
 def _learn_phase1(a, cols, read_only):
-    _set_clear(a, LRN_ACTIVE)
+    _set_clear(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE)
     cpc = a.p[P_CPC]
     pred_flag = a.st_flag[LRN_PRED_T1]
     on_t1 = _sorted_members(a, LRN_ACTIVE_T1) if not read_only else a.scr_on[:0]
+    new_syn = a.p[P_NEW_SYNAPSES]
+    min_threshold = a.p[P_MIN_THRESHOLD]
     n_unpredicted = 0
     for c in cols:
         base = c * cpc
@@ -949,22 +956,52 @@ def _learn_phase1(a, cols, read_only):
                 n_predicted += 1
                 predicted_cell = cell
         if n_predicted == 1:
-            _set_add(a, LRN_ACTIVE, predicted_cell)
+            _set_add(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE, predicted_cell)
             continue
         n_unpredicted += 1
         if read_only:
             continue
-        cell, g = _best_matching_cell_t1(a, c, LRN_ACTIVE_T1)
+        cell, g = _best_matching_cell_t1(
+            a.cell_slot_start,
+            a.cell_slot_len,
+            a.slot_pool,
+            a.seg_len,
+            a.syn_src,
+            a.st_flag[LRN_ACTIVE_T1],
+            base,
+            cpc,
+            min_threshold,
+        )
         if g >= 0 and a.seg_seq[g] != 0:
-            _set_add(a, LRN_ACTIVE, cell)
-            m = _compute_update(a, cell, g, LRN_ACTIVE_T1, on_t1, a.scr_upd)
+            _set_add(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE, cell)
+            m = _compute_update(
+                a.seg_len,
+                a.syn_src,
+                a.st_flag[LRN_ACTIVE_T1],
+                a.rng,
+                a.scr_cand,
+                new_syn,
+                g,
+                on_t1,
+                a.scr_upd,
+            )
             a.seg_total[g] += 1
             if m > 0:
                 _adapt_existing(a, g, a.scr_upd, m)
         else:
             cell = _cell_for_new_segment(a, c)
-            _set_add(a, LRN_ACTIVE, cell)
-            m = _compute_update(a, cell, -1, LRN_ACTIVE_T1, on_t1, a.scr_upd)
+            _set_add(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE, cell)
+            m = _compute_update(
+                a.seg_len,
+                a.syn_src,
+                a.st_flag[LRN_ACTIVE_T1],
+                a.rng,
+                a.scr_cand,
+                new_syn,
+                -1,
+                on_t1,
+                a.scr_upd,
+            )
             if m > 0:
                 _create_segment(a, cell, a.scr_upd, m, 1)
         if a.s[S_ERROR] != 0:
@@ -974,8 +1011,9 @@ def _learn_phase1(a, cols, read_only):
 
 @njit(cache=True)
 def _learn_phase2(a, read_only):
+    a.s[S_WORK_LRN_PHASE2] += 1
     _forward_counts(a, LRN_ACTIVE)
-    _set_clear(a, LRN_PRED)
+    _set_clear(a.st_flag, a.st_list, a.st_count, LRN_PRED)
     thr = a.p[P_ACT_THRESHOLD]
     cpc = a.p[P_CPC]
     nt = a.s[S_N_TOUCHED]
@@ -1006,14 +1044,25 @@ def _learn_phase2(a, read_only):
     cols = cols[:n_cols]
     cols.sort()
     on_t = _sorted_members(a, LRN_ACTIVE) if not read_only else a.scr_on[:0]
+    new_syn = a.p[P_NEW_SYNAPSES]
     for c in cols:
         g = a.col_best[c]
         a.col_best[c] = -1
         cell = a.seg_cell[g]
-        _set_add(a, LRN_PRED, cell)
+        _set_add(a.st_flag, a.st_list, a.st_count, LRN_PRED, cell)
         if not read_only:
             i = a.s[S_N_UPDATES]
-            m = _compute_update(a, cell, g, LRN_ACTIVE, on_t, a.upd_src[i])
+            m = _compute_update(
+                a.seg_len,
+                a.syn_src,
+                a.st_flag[LRN_ACTIVE],
+                a.rng,
+                a.scr_cand,
+                new_syn,
+                g,
+                on_t,
+                a.upd_src[i],
+            )
             if m > 0:
                 a.upd_cell[i] = cell
                 a.upd_seg[i] = g
@@ -1033,15 +1082,15 @@ def _learn_backtrack_from(a, start, read_only):
     cpc = a.p[P_CPC]
     in_sequence = True
     for offset in range(start, n):
-        _set_copy(a, LRN_ACTIVE_T1, LRN_ACTIVE)
-        _set_copy(a, LRN_PRED_T1, LRN_PRED)
+        _set_copy(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE_T1, LRN_ACTIVE)
+        _set_copy(a.st_flag, a.st_list, a.st_count, LRN_PRED_T1, LRN_PRED)
         pattern = a.lrn_q[offset, : a.lrn_q_len[offset]]
         if not read_only:
             _process_segment_updates(a, pattern)
         if offset == start:
-            _set_clear(a, LRN_ACTIVE)
+            _set_clear(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE)
             for c in pattern:
-                _set_add(a, LRN_ACTIVE, c * cpc)
+                _set_add(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE, c * cpc)
                 in_sequence = True
         else:
             in_sequence = _learn_phase1(a, pattern, read_only)
@@ -1072,8 +1121,8 @@ def _learn_backtrack(a):
 
 @njit(cache=True)
 def _update_learning_state(a, cols):
-    _set_copy(a, LRN_ACTIVE_T1, LRN_ACTIVE)
-    _set_copy(a, LRN_PRED_T1, LRN_PRED)
+    _set_copy(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE_T1, LRN_ACTIVE)
+    _set_copy(a.st_flag, a.st_list, a.st_count, LRN_PRED_T1, LRN_PRED)
     if a.p[P_MAX_LRN_BACKTRACK] > 0:
         _queue_push(a.lrn_q, a.lrn_q_len, a.s, S_LRN_QUEUE_LEN, a.p[P_MAX_LRN_BACKTRACK], cols)
     _process_segment_updates(a, cols)
@@ -1091,10 +1140,10 @@ def _update_learning_state(a, cols):
         _update_avg_learned_seq_length(a, seq_length)
         backsteps = _learn_backtrack(a)
         if backsteps == 0:
-            _set_clear(a, LRN_ACTIVE)
+            _set_clear(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE)
             cpc = a.p[P_CPC]
             for c in cols:
-                _set_add(a, LRN_ACTIVE, c * cpc)
+                _set_add(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE, c * cpc)
             a.s[S_LRN_QUEUE_LEN] = 0
         a.s[S_PAM_COUNTER] = pam_length
         a.s[S_LEARNED_SEQ_LENGTH] = backsteps
@@ -1131,7 +1180,7 @@ def tm_compute(a, cols, learn):
         if at_tier:
             for g in range(a.s[S_N_SLOTS]):
                 if a.seg_len[g] > 0:
-                    _duty_cycle(a, g, it, False, False)
+                    _duty_cycle(a.seg_pos, a.seg_dc, a.seg_dc_it, g, it, False, False)
     n_active = np.float32(cols.shape[0])
     if a.sf[SF_AVG_INPUT_DENSITY] == 0.0:
         a.sf[SF_AVG_INPUT_DENSITY] = n_active

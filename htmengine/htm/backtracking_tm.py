@@ -105,6 +105,11 @@ class BacktrackingTM:
     def n_synapses(self) -> int:
         return int(self._a.s[k.S_N_SYNAPSES])
 
+    @property
+    def learn_active_cells(self) -> np.ndarray:
+        """Sorted cells of the learning state lrnActive[t] (a diagnostic for tests and tools)."""
+        return np.sort(self._members(k.LRN_ACTIVE))
+
     def compute(self, active_columns: np.ndarray, learn: bool = True) -> np.ndarray:
         """One step: inference, then learning if ``learn``.
 

@@ -1,0 +1,126 @@
+"""Backtracking TM: parity with NuPIC 0.5.6's Cells4 on traced runs, checkpoints, basic behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from htmengine.htm.backtracking_tm import BacktrackingTM
+
+from .test_encoders import TRACED_FILES, load_trace
+
+
+def raw_score(active: np.ndarray, prev_predicted: np.ndarray) -> float:
+    """v0.5.6 raw anomaly (spec §5), f32-rounded like the TM region's output."""
+    hits = np.intersect1d(active, prev_predicted).size
+    return float(np.float32((active.size - hits) / active.size))
+
+
+def run_and_compare(tm: BacktrackingTM, rows: list[list], prev: np.ndarray) -> np.ndarray:
+    """Feed traced SP columns; assert predictions, counts and raw score on every row."""
+    for row, _bits, columns, expected_pred, segments, synapses, raw in rows:
+        active = np.asarray(columns, dtype=np.int32)
+        got_raw = raw_score(active, prev)
+        predicted = tm.compute(active)
+        assert (predicted.tolist(), tm.n_segments, tm.n_synapses, got_raw) == (
+            expected_pred,
+            segments,
+            synapses,
+            raw,
+        ), f"first divergence at row {row}"
+        prev = predicted
+    return prev
+
+
+@pytest.mark.parametrize("name", TRACED_FILES)
+def test_every_traced_row_matches_nupic(nab_dir: Path, name: str) -> None:
+    _header, rows = load_trace(nab_dir, name)
+    assert len(rows) == 2000
+    run_and_compare(BacktrackingTM(), rows, np.zeros(0, dtype=np.int32))
+
+
+def test_early_run_table_of_the_spec(nab_dir: Path) -> None:
+    """Spec §4.8: restarts on start cells every third record while out of sequence."""
+    _header, rows = load_trace(nab_dir, "nyc_taxi")
+    tm = BacktrackingTM()
+    expected = [(0, 0, 0), (40, 800, 0), (80, 1600, 40), (120, 2400, 0), (160, 3200, 0)]
+    expected.append((200, 4000, 40))
+    for (_row, _bits, columns, *_), (segments, synapses, start_cells) in zip(
+        rows, expected, strict=False
+    ):
+        tm.compute(np.asarray(columns))
+        learning = tm.learn_active_cells
+        assert (tm.n_segments, tm.n_synapses) == (segments, synapses)
+        assert learning.size == 40
+        assert np.count_nonzero(learning % 32 == 0) == start_cells
+
+
+def test_restored_state_continues_identically(nab_dir: Path) -> None:
+    _header, rows = load_trace(nab_dir, "nyc_taxi")
+    tm = BacktrackingTM()
+    prev = run_and_compare(tm, rows[:700], np.zeros(0, dtype=np.int32))
+    state = tm.get_state()
+    assert state["syn_src"].dtype == np.uint16
+    assert state["syn_perm_values"].dtype == np.float32
+    assert state["syn_perm_index"].dtype == np.uint8
+    assert state["seg_cell"].dtype == np.uint16
+    restored = BacktrackingTM.from_state(state)
+    again = restored.get_state()
+    assert again.keys() == state.keys()
+    for key, value in state.items():
+        np.testing.assert_array_equal(np.asarray(again[key]), np.asarray(value), err_msg=key)
+    run_and_compare(restored, rows[700:1000], prev)
+
+
+def test_second_step_grows_one_segment_per_column_from_the_first() -> None:
+    rng = np.random.default_rng(7)
+    tm = BacktrackingTM()
+    first = np.sort(rng.choice(2048, 40, replace=False))
+    second = np.sort(rng.choice(2048, 40, replace=False))
+    assert tm.compute(first).size == 0
+    assert (tm.n_segments, tm.n_synapses) == (0, 0)
+    tm.compute(second)
+    assert (tm.n_segments, tm.n_synapses) == (40, 800)
+    assert np.all(tm.learn_active_cells % 32 != 0)  # new segments never go to the start cell
+
+
+def test_a_repeated_sequence_becomes_predicted() -> None:
+    rng = np.random.default_rng(3)
+    patterns = [np.sort(rng.choice(2048, 40, replace=False)) for _ in range(6)]
+    tm = BacktrackingTM()
+    prev = np.zeros(0, dtype=np.int32)
+    scores = []
+    for _ in range(30):
+        for pattern in patterns:
+            scores.append(raw_score(pattern, prev))
+            prev = tm.compute(pattern)
+    assert scores[0] == 1.0
+    assert max(scores[-12:]) == 0.0
+
+
+def test_synthetic_restore_matches_and_learn_false_changes_nothing() -> None:
+    rng = np.random.default_rng(11)
+    patterns = [np.sort(rng.choice(2048, 40, replace=False)) for _ in range(5)]
+    stream = [patterns[i % 5] if i % 7 else patterns[(i * 3) % 5] for i in range(120)]
+    tm = BacktrackingTM()
+    for columns in stream[:80]:
+        tm.compute(columns)
+    copy = BacktrackingTM.from_state(tm.get_state())
+    for columns in stream[80:]:
+        np.testing.assert_array_equal(tm.compute(columns), copy.compute(columns))
+    assert (tm.n_segments, tm.n_synapses) == (copy.n_segments, copy.n_synapses)
+    segments, synapses = tm.n_segments, tm.n_synapses
+    tm.compute(patterns[0], learn=False)
+    assert (tm.n_segments, tm.n_synapses) == (segments, synapses)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="version"):
+        BacktrackingTM(version="9.9")
+    tm = BacktrackingTM(num_columns=64, cells_per_column=4)
+    with pytest.raises(ValueError, match="active columns"):
+        tm.compute(np.array([3, 64]))
+    with pytest.raises(ValueError, match="format"):
+        BacktrackingTM.from_state({"format": 999})
