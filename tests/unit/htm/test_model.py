@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from htmengine.htm import serialization
 from htmengine.htm.model import CheckpointFormatError, ScalarAnomalyModel
 from htmengine.htm.params import get_scalar_metric_params
 
@@ -175,3 +176,39 @@ def test_raw_scores_equal_nab_published_numenta_results(nab_dir: Path, relative:
     for i, (timestamp, value) in enumerate(rows):
         score = model.run(timestamp, value)
         assert abs(score - expected[i]) < 1e-6, f"{relative} row {i}: {score} != {expected[i]}"
+
+
+def test_serialization_round_trips_arrays_and_values_exactly() -> None:
+    state = {
+        "perms": np.array([0.1, 0.2], dtype=np.float32),
+        "ids": np.arange(6, dtype=np.uint16).reshape(2, 3),
+        "flags": np.array([True, False]),
+        "empty": np.zeros(0, dtype=np.int32),
+        "value": np.float32(0.3),
+        "config": {"a": [1, 2.5, None], "b": "x"},
+        "nan": float("nan"),
+    }
+    for compress in (False, True):
+        loaded = serialization.unpack(
+            serialization.pack(state, "thing", compress=compress), "thing"
+        )
+        for key in ("perms", "ids", "flags", "empty"):
+            assert loaded[key].dtype == state[key].dtype
+            np.testing.assert_array_equal(loaded[key], state[key])
+        loaded["perms"][0] = 1.0  # arrays come back writable
+        assert loaded["value"] == float(np.float32(0.3))
+        assert loaded["config"] == state["config"] and math.isnan(loaded["nan"])
+
+
+def test_serialization_refuses_other_kinds_versions_and_types() -> None:
+    blob = serialization.pack({"x": 1}, "thing")
+    with pytest.raises(CheckpointFormatError, match="expected a 'other'"):
+        serialization.unpack(blob, "other")
+    newer = bytearray(blob)
+    newer[8] = serialization.FORMAT_VERSION + 1
+    with pytest.raises(CheckpointFormatError, match="version"):
+        serialization.unpack(bytes(newer), "thing")
+    with pytest.raises(TypeError):
+        serialization.pack({"x": np.array(["text"])}, "thing")
+    with pytest.raises(TypeError):
+        serialization.pack({1: 2}, "thing")  # type: ignore[dict-item]
