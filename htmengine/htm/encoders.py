@@ -166,7 +166,8 @@ class RandomDistributedScalarEncoder:
         index = self.bucket_index(value)
         if index is None:
             return np.empty(0, dtype=np.int32)
-        _ensure_bucket(self._rng.state, self._buckets, self._bounds, index, self.n)
+        if not self._bounds[0] <= index <= self._bounds[1]:
+            _ensure_bucket(self._rng.state, self._buckets, self._bounds, index, self.n)
         return np.sort(self._buckets[index])
 
     def get_state(self) -> dict[str, Any]:
@@ -219,13 +220,15 @@ class TimeOfDayEncoder:
         self.n = int(math.ceil(w * 24.0 / radius))
         if self.n < w:
             raise ValueError(f"radius {radius} too large for w={w}")
+        # Bits depend only on the centre bin, so all n encodings are made once.
+        first = np.arange(self.n)[:, None] - w // 2
+        self._bits_by_centre = np.sort((first + np.arange(w)) % self.n, axis=1).astype(np.int32)
+        self._bits_by_centre.flags.writeable = False
 
     def encode(self, timestamp: datetime) -> np.ndarray:
         """Sorted on-bit indices (of ``n``) for the timestamp's hour and minute."""
         time_of_day = timestamp.hour + timestamp.minute / 60.0
-        centre = int(time_of_day * self.n / 24.0)
-        first = centre - self.w // 2
-        return np.sort(np.arange(first, first + self.w, dtype=np.int32) % self.n)
+        return self._bits_by_centre[int(time_of_day * self.n / 24.0)]
 
 
 class MultiEncoder:
