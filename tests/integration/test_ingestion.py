@@ -246,6 +246,7 @@ def test_sigkill_of_the_storer_mid_stream_stores_every_line_once(ingestion) -> N
     sender.start()
     wait_until(lambda: row_count() >= 5_000, 60, "the first rows")
     old_pid = supervisor.kill("metric_storer")
+    assert row_count() < 50_000, "the storer was killed only after the stream"
     supervisor.wait_restarted("metric_storer", old_pid)
     sender.join()
     wait_until(lambda: row_count() >= 50_000, 120, "50,000 rows")
@@ -276,6 +277,8 @@ def test_listener_and_storer_survive_a_rabbitmq_restart(ingestion) -> None:
 
     wait_until(lambda: row_count() == 21_000, 180, "every accepted line stored")
     assert {name: supervisor.pid(name) for name in pids} == pids, "a service restarted"
+    for program in pids:
+        assert "reconnect" in app.log_tail(program, 500), f"{program} saw no outage"
     rows = stored_rows()["restart.m"]
     assert [(rowid, ts - BASE_TS) for rowid, ts, _ in rows] == [(i + 1, i) for i in range(21_000)]
 
