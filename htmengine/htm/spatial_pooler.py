@@ -42,18 +42,24 @@ def _store_column(
     Invariant: ``connected_by_input[i, c] == (stored permanence >= connected_perm)`` (trimming never
     crosses the threshold), so the mirror is only written where connectedness flips.
     """
-    for j in range(perms.shape[0]):
+    row = pool_perms[column]
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    flips = 0
+    for j in range(perms.shape[0]):  # branch-free passes: this loop is most of the pooler's time
         p = perms[j]
         if raise_perms:
-            p = min(max(p, np.float32(0.0)), np.float32(1.0))
-        connected = p >= connected_perm
-        if connected != (pool_perms[column, j] >= connected_perm):
-            connected_by_input[pool_inputs[column, j], column] = 1 if connected else 0
-        if p > 1.0:
-            p = np.float32(1.0)
-        if p < trim_threshold:
-            p = np.float32(0.0)
-        pool_perms[column, j] = p
+            p = min(max(p, zero), one)
+            perms[j] = p
+        flips += (p >= connected_perm) != (row[j] >= connected_perm)
+    if flips:
+        for j in range(perms.shape[0]):
+            connected = perms[j] >= connected_perm
+            if connected != (row[j] >= connected_perm):
+                connected_by_input[pool_inputs[column, j], column] = 1 if connected else 0
+    for j in range(perms.shape[0]):
+        p = min(perms[j], one)
+        row[j] = p if p >= trim_threshold else zero
 
 
 @njit(cache=True)
