@@ -162,7 +162,6 @@ def test_first_2000_rows_follow_the_nupic_trace(nab_dir: Path, name: str) -> Non
 
 
 @pytest.mark.nab
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "relative", ["artificialWithAnomaly/art_daily_jumpsup.csv", "realKnownCause/nyc_taxi.csv"]
 )
