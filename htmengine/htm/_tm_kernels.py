@@ -66,15 +66,13 @@ S_LRN_QUEUE_LEN = 9
 S_N_SEGMENTS = 10  # non-empty segments
 S_N_SYNAPSES = 11
 S_FWD_ENTRIES = 12
-S_N_TOUCHED = 13
-S_ERROR = 14
+S_ERROR = 13
 # work counters (diagnostics for benchmarks; nothing reads them)
-S_WORK_INF_PHASE2 = 15
-S_WORK_LRN_PHASE2 = 16
-S_WORK_FWD_ENTRIES = 17
-S_WORK_ADAPTS = 18
-S_WORK_T1_SYNAPSES = 19
-S_SIZE = 20
+S_WORK_INF_PHASE2 = 14
+S_WORK_LRN_PHASE2 = 15
+S_WORK_FWD_ENTRIES = 16
+S_WORK_ADAPTS = 17
+S_SIZE = 18
 
 # sf: float32 scalars
 SF_AVG_INPUT_DENSITY = 0
@@ -146,7 +144,8 @@ TMArrays = namedtuple(
         "fwd_pool",
         # activity counts scratch
         "seg_count",
-        "touched",
+        "reach_seg",
+        "reach_count",
         # cell state sets
         "st_flag",
         "st_list",
@@ -170,6 +169,7 @@ TMArrays = namedtuple(
         # scratch
         "col_flag",
         "col_best",
+        "col_best_count",
         "scr_src",
         "scr_perm",
         "scr_dec",
@@ -662,19 +662,24 @@ def _clean_updates(a, g):
 
 
 @njit(cache=True)
-def _cell_for_new_segment(a, col):
-    """``getCellForNewSegment``: a random non-start cell with room, else evict (§4.6)."""
-    cpc = a.p[P_CPC]
-    base = col * cpc
-    max_seg = a.p[P_MAX_SEGMENTS]
-    cand = a.scr_cand
+def _random_cell_with_room(cell_slot_len, rng, cand, base, cpc, max_segments):
+    """``getCellForNewSegment``'s usual case: a random non-start cell below the slot limit."""
     nc = 0
     for cell in range(base + 1, base + cpc):
-        if a.cell_slot_len[cell] < max_seg:
+        if cell_slot_len[cell] < max_segments:
             cand[nc] = cell
             nc += 1
     if nc > 0:
-        return cand[rng_uint32(a.rng, nc)]
+        return cand[rng_uint32(rng, nc)]
+    return -1
+
+
+@njit(cache=True)
+def _evict_for_new_segment(a, col):
+    """``getCellForNewSegment`` when every non-start cell is full: free the segment with the
+    lowest duty cycle below 1.0 (first found on ties) and return its cell (§4.6)."""
+    cpc = a.p[P_CPC]
+    base = col * cpc
     it = a.s[S_N_LRN_ITERATIONS]
     best_dc = np.float32(1.0)
     best_g = -1
@@ -731,44 +736,39 @@ def _best_matching_cell_t1(
 
 
 @njit(cache=True)
-def _forward_counts(a, k):
-    """Activity of every segment from the members of set k, via the forward index."""
-    for j in range(a.s[S_N_TOUCHED]):
-        a.seg_count[a.touched[j]] = 0
-    nt = 0
-    lst = a.st_list[k]
+def _count_active_segments(a, k, threshold):
+    """Segments with at least ``threshold`` synapses (any permanence) from the members of set k.
+
+    Counts come from the forward index, so a synapse whose forward entry a stale free erased does
+    not count (§4.4). Returns how many segments qualified; their ids (ascending) and counts are in
+    ``reach_seg`` / ``reach_count``.
+    """
+    counts = a.seg_count
+    fwd_start = a.fwd_start
+    fwd_len = a.fwd_len
+    fwd_pool = a.fwd_pool
+    members = a.st_list[k]
+    visited = 0
     for j in range(a.st_count[k]):
-        src = lst[j]
-        s0 = a.fwd_start[src]
-        a.s[S_WORK_FWD_ENTRIES] += a.fwd_len[src]
-        for e in range(s0, s0 + a.fwd_len[src]):
-            g = a.fwd_pool[e]
-            if a.seg_count[g] == 0:
-                a.touched[nt] = g
-                nt += 1
-            a.seg_count[g] += 1
-    a.s[S_N_TOUCHED] = nt
-
-
-@njit(cache=True)
-def _segments_reaching(a, threshold):
-    """Touched segments with count >= threshold, in (cell, slot) order."""
-    nt = a.s[S_N_TOUCHED]
-    sel = np.empty(nt, dtype=np.int64)
-    keys = np.empty(nt, dtype=np.int64)
+        src = members[j]
+        s0 = fwd_start[src]
+        n = fwd_len[src]
+        visited += n
+        for e in range(s0, s0 + n):
+            counts[fwd_pool[e]] += 1
+    a.s[S_WORK_FWD_ENTRIES] += visited
+    reach_seg = a.reach_seg
+    reach_count = a.reach_count
     m = 0
-    max_seg = a.p[P_MAX_SEGMENTS]
-    for j in range(nt):
-        g = a.touched[j]
-        if a.seg_count[g] >= threshold:
-            sel[m] = g
-            keys[m] = np.int64(a.seg_cell[g]) * max_seg + a.seg_slot[g]
-            m += 1
-    order = np.argsort(keys[:m])
-    out = np.empty(m, dtype=np.int64)
-    for i in range(m):
-        out[i] = sel[order[i]]
-    return out
+    for g in range(a.s[S_N_SLOTS]):
+        c = counts[g]
+        if c != 0:
+            if c >= threshold:
+                reach_seg[m] = g
+                reach_count[m] = c
+                m += 1
+            counts[g] = 0
+    return m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -777,13 +777,16 @@ def _segments_reaching(a, threshold):
 
 @njit(cache=True)
 def _infer_phase1(a, cols, use_start_cells):
-    _set_clear(a.st_flag, a.st_list, a.st_count, INF_ACTIVE)
+    st_flag = a.st_flag
+    st_list = a.st_list
+    st_count = a.st_count
+    _set_clear(st_flag, st_list, st_count, INF_ACTIVE)
     cpc = a.p[P_CPC]
     if use_start_cells:
         for c in cols:
-            _set_add(a.st_flag, a.st_list, a.st_count, INF_ACTIVE, c * cpc)
+            _set_add(st_flag, st_list, st_count, INF_ACTIVE, c * cpc)
         return True
-    pred_flag = a.st_flag[INF_PRED_T1]
+    pred_flag = st_flag[INF_PRED_T1]
     n_predicted_cols = 0
     for c in cols:
         base = c * cpc
@@ -791,51 +794,70 @@ def _infer_phase1(a, cols, use_start_cells):
         for cell in range(base, base + cpc):
             if pred_flag[cell] != 0:
                 any_predicted = True
-                _set_add(a.st_flag, a.st_list, a.st_count, INF_ACTIVE, cell)
+                _set_add(st_flag, st_list, st_count, INF_ACTIVE, cell)
         if any_predicted:
             n_predicted_cols += 1
         else:
             for cell in range(base, base + cpc):
-                _set_add(a.st_flag, a.st_list, a.st_count, INF_ACTIVE, cell)
+                _set_add(st_flag, st_list, st_count, INF_ACTIVE, cell)
     return n_predicted_cols >= 0.5 * cols.shape[0]
 
 
 @njit(cache=True)
 def _infer_phase2(a):
     a.s[S_WORK_INF_PHASE2] += 1
-    _forward_counts(a, INF_ACTIVE)
-    _set_clear(a.st_flag, a.st_list, a.st_count, INF_PRED)
-    _col_conf_clear(a, CONF_T)
     thr = a.p[P_ACT_THRESHOLD]
+    m = _count_active_segments(a, INF_ACTIVE, thr)
+    st_flag = a.st_flag
+    st_list = a.st_list
+    st_count = a.st_count
+    _set_clear(st_flag, st_list, st_count, INF_PRED)
+    _col_conf_clear(a, CONF_T)
     conn = a.pf[PF_CONNECTED]
     cpc = a.p[P_CPC]
     it = a.s[S_N_LRN_ITERATIONS]
-    segs = _segments_reaching(a, thr)
+    seg_cell = a.seg_cell
+    seg_pos = a.seg_pos
+    seg_dc = a.seg_dc
+    seg_dc_it = a.seg_dc_it
+    seg_len = a.seg_len
+    seg_nconn = a.seg_nconn
+    syn_src = a.syn_src
+    syn_perm = a.syn_perm
+    active_flag = st_flag[INF_ACTIVE]
     conf = a.col_conf[CONF_T]
+    col_list = a.col_list[CONF_T]
+    n_conf = 0
+    # (cell, slot) order: a cell's slots were created in increasing segment id order
+    n_slots = a.s[S_N_SLOTS]
+    keys = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        g = a.reach_seg[i]
+        keys[i] = np.int64(seg_cell[g]) * n_slots + g
+    keys.sort()
     n_predicted_cols = 0
     last_predicted_col = -1
-    for i in range(segs.shape[0]):
-        g = segs[i]
-        cell = a.seg_cell[g]
+    for i in range(m):
+        g = keys[i] % n_slots
+        cell = seg_cell[g]
         c = cell // cpc
-        dc = _duty_cycle(a.seg_pos, a.seg_dc, a.seg_dc_it, g, it, False, False)
-        if a.col_count[CONF_T] == 0 or a.col_list[CONF_T, a.col_count[CONF_T] - 1] != c:
-            a.col_list[CONF_T, a.col_count[CONF_T]] = c
-            a.col_count[CONF_T] += 1
+        dc = _duty_cycle(seg_pos, seg_dc, seg_dc_it, g, it, False, False)
+        if n_conf == 0 or col_list[n_conf - 1] != c:
+            col_list[n_conf] = c
+            n_conf += 1
         conf[c] = np.float32(conf[c] + dc)
-        if _is_active(
-            a.seg_len, a.seg_nconn, a.syn_src, a.syn_perm, a.st_flag[INF_ACTIVE], g, thr, conn
-        ):
-            _set_add(a.st_flag, a.st_list, a.st_count, INF_PRED, cell)
+        if _is_active(seg_len, seg_nconn, syn_src, syn_perm, active_flag, g, thr, conn):
+            _set_add(st_flag, st_list, st_count, INF_PRED, cell)
             if c != last_predicted_col:
                 n_predicted_cols += 1
                 last_predicted_col = c
+    a.col_count[CONF_T] = n_conf
     total = np.float32(0.0)
-    for j in range(a.col_count[CONF_T]):
-        total = np.float32(total + conf[a.col_list[CONF_T, j]])
+    for j in range(n_conf):
+        total = np.float32(total + conf[col_list[j]])
     if total > 0:
-        for j in range(a.col_count[CONF_T]):
-            c = a.col_list[CONF_T, j]
+        for j in range(n_conf):
+            c = col_list[j]
             conf[c] = np.float32(conf[c] / total)
     return n_predicted_cols >= 0.5 * np.float64(a.sf[SF_AVG_INPUT_DENSITY])
 
@@ -946,6 +968,7 @@ def _learn_phase1(a, cols, read_only):
     on_t1 = _sorted_members(a, LRN_ACTIVE_T1) if not read_only else a.scr_on[:0]
     new_syn = a.p[P_NEW_SYNAPSES]
     min_threshold = a.p[P_MIN_THRESHOLD]
+    max_seg = a.p[P_MAX_SEGMENTS]
     n_unpredicted = 0
     for c in cols:
         base = c * cpc
@@ -989,7 +1012,9 @@ def _learn_phase1(a, cols, read_only):
             if m > 0:
                 _adapt_existing(a, g, a.scr_upd, m)
         else:
-            cell = _cell_for_new_segment(a, c)
+            cell = _random_cell_with_room(a.cell_slot_len, a.rng, a.scr_cand, base, cpc, max_seg)
+            if cell < 0:
+                cell = _evict_for_new_segment(a, c)
             _set_add(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE, cell)
             m = _compute_update(
                 a.seg_len,
@@ -1012,63 +1037,61 @@ def _learn_phase1(a, cols, read_only):
 @njit(cache=True)
 def _learn_phase2(a, read_only):
     a.s[S_WORK_LRN_PHASE2] += 1
-    _forward_counts(a, LRN_ACTIVE)
-    _set_clear(a.st_flag, a.st_list, a.st_count, LRN_PRED)
     thr = a.p[P_ACT_THRESHOLD]
+    m = _count_active_segments(a, LRN_ACTIVE, thr)
+    st_flag = a.st_flag
+    st_list = a.st_list
+    st_count = a.st_count
+    _set_clear(st_flag, st_list, st_count, LRN_PRED)
     cpc = a.p[P_CPC]
-    nt = a.s[S_N_TOUCHED]
-    # best per column: highest count, ties to the higher cell, then the lower slot
-    cols = np.empty(nt, dtype=np.int64)
+    seg_cell = a.seg_cell
+    col_best = a.col_best
+    col_best_count = a.col_best_count
+    # best per column: highest count, ties to the higher cell, then the lower slot (= lower id)
+    cols = np.empty(m, dtype=np.int64)
     n_cols = 0
-    for j in range(nt):
-        g = a.touched[j]
-        count = a.seg_count[g]
-        if count < thr:
-            continue
-        c = a.seg_cell[g] // cpc
-        b = a.col_best[c]
+    for i in range(m):
+        g = a.reach_seg[i]
+        count = a.reach_count[i]
+        c = seg_cell[g] // cpc
+        b = col_best[c]
         if b < 0:
-            a.col_best[c] = g
+            col_best[c] = g
+            col_best_count[c] = count
             cols[n_cols] = c
             n_cols += 1
-        else:
-            bc = a.seg_count[b]
-            if count > bc or (
-                count == bc
-                and (
-                    a.seg_cell[g] > a.seg_cell[b]
-                    or (a.seg_cell[g] == a.seg_cell[b] and a.seg_slot[g] < a.seg_slot[b])
-                )
-            ):
-                a.col_best[c] = g
+        elif count > col_best_count[c] or (
+            count == col_best_count[c]
+            and (seg_cell[g] > seg_cell[b] or (seg_cell[g] == seg_cell[b] and g < b))
+        ):
+            col_best[c] = g
+            col_best_count[c] = count
     cols = cols[:n_cols]
     cols.sort()
     on_t = _sorted_members(a, LRN_ACTIVE) if not read_only else a.scr_on[:0]
     new_syn = a.p[P_NEW_SYNAPSES]
+    active_flag = st_flag[LRN_ACTIVE]
+    seg_len = a.seg_len
+    syn_src = a.syn_src
+    rng = a.rng
+    scr_cand = a.scr_cand
+    it = a.s[S_N_LRN_ITERATIONS]
     for c in cols:
-        g = a.col_best[c]
-        a.col_best[c] = -1
-        cell = a.seg_cell[g]
-        _set_add(a.st_flag, a.st_list, a.st_count, LRN_PRED, cell)
+        g = col_best[c]
+        col_best[c] = -1
+        cell = seg_cell[g]
+        _set_add(st_flag, st_list, st_count, LRN_PRED, cell)
         if not read_only:
             i = a.s[S_N_UPDATES]
-            m = _compute_update(
-                a.seg_len,
-                a.syn_src,
-                a.st_flag[LRN_ACTIVE],
-                a.rng,
-                a.scr_cand,
-                new_syn,
-                g,
-                on_t,
-                a.upd_src[i],
+            n = _compute_update(
+                seg_len, syn_src, active_flag, rng, scr_cand, new_syn, g, on_t, a.upd_src[i]
             )
-            if m > 0:
+            if n > 0:
                 a.upd_cell[i] = cell
                 a.upd_seg[i] = g
                 a.upd_seq[i] = 0
-                a.upd_time[i] = a.s[S_N_LRN_ITERATIONS]
-                a.upd_len[i] = m
+                a.upd_time[i] = it
+                a.upd_len[i] = n
                 a.s[S_N_UPDATES] = i + 1
             a.seg_total[g] += 1
 
@@ -1216,32 +1239,143 @@ def confident_columns(a):
 
 
 @njit(cache=True)
-def missing_forward_entries(a):
-    """Flat indices (segment order) of synapses whose forward entry a stale free erased."""
+def pack_synapses(a):
+    """Synapses in segment order as (sources, permanence table, index into it, missing).
+
+    Permanences take few distinct values (0.21 plus f32 steps of 0.1), so they are stored as an
+    index into the sorted table of distinct values. ``missing`` lists the flat positions of
+    synapses whose forward entry a v0.5.6 stale free erased (they stay out of activity counts).
+    """
     n = a.s[S_N_SLOTS]
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    total = 0
     for g in range(n):
-        offsets[g + 1] = offsets[g] + a.seg_len[g]
-    has_entry = np.zeros(offsets[n], dtype=np.uint8)
-    for src in range(a.fwd_start.shape[0]):
-        s0 = a.fwd_start[src]
-        for e in range(s0, s0 + a.fwd_len[src]):
-            g = a.fwd_pool[e]
-            lo = 0
-            hi = a.seg_len[g]
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if a.syn_src[g, mid] < src:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            has_entry[offsets[g] + lo] = 1
-    return np.flatnonzero(has_entry == 0)
+        total += a.seg_len[g]
+    src = np.empty(total, dtype=np.int32)
+    index = np.empty(total, dtype=np.int64)
+    table_size = 1 << 16
+    keys = np.full(table_size, np.uint32(0xFFFFFFFF), dtype=np.uint32)
+    slots = np.empty(table_size, dtype=np.int64)
+    values = np.empty(table_size // 2, dtype=np.float32)
+    n_values = 0
+    perm_bits = a.syn_perm.view(np.uint32)
+    flat = 0
+    for g in range(n):
+        for j in range(a.seg_len[g]):
+            src[flat] = a.syn_src[g, j]
+            p = a.syn_perm[g, j]
+            bits = perm_bits[g, j]
+            h = (np.int64(bits) * 2654435761) & (table_size - 1)
+            while keys[h] != bits and keys[h] != np.uint32(0xFFFFFFFF):
+                h = (h + 1) & (table_size - 1)
+            if keys[h] != bits:
+                if n_values == values.shape[0]:
+                    raise ValueError("too many distinct permanence values to pack")
+                keys[h] = bits
+                slots[h] = n_values
+                values[n_values] = p
+                n_values += 1
+            index[flat] = slots[h]
+            flat += 1
+    order = np.argsort(values[:n_values])
+    rank = np.empty(n_values, dtype=np.int64)
+    for r in range(n_values):
+        rank[order[r]] = r
+    for i in range(total):
+        index[i] = rank[index[i]]
+    return src, values[:n_values][order], index, _missing_forward_entries(a, total)
 
 
 @njit(cache=True)
-def _fill_lists(start, length, cap, pool, owner, value, counts):
-    """Lay out lists with the given counts (plus room) and append value[i] to list owner[i]."""
+def _missing_forward_entries(a, total):
+    """Flat positions of synapses without a forward entry: bucket entries by segment (sources
+    come out ascending), then merge each bucket with the segment's sorted sources."""
+    n = a.s[S_N_SLOTS]
+    n_src = a.fwd_start.shape[0]
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for src in range(n_src):
+        s0 = a.fwd_start[src]
+        for e in range(s0, s0 + a.fwd_len[src]):
+            counts[a.fwd_pool[e] + 1] += 1
+    for g in range(n):
+        counts[g + 1] += counts[g]
+    bucket = np.empty(counts[n], dtype=np.int32)
+    fill = counts[:n].copy()
+    for src in range(n_src):
+        s0 = a.fwd_start[src]
+        for e in range(s0, s0 + a.fwd_len[src]):
+            g = a.fwd_pool[e]
+            bucket[fill[g]] = src
+            fill[g] += 1
+    missing = np.empty(total - counts[n], dtype=np.int64)
+    m = 0
+    flat = 0
+    for g in range(n):
+        b = counts[g]
+        end = counts[g + 1]
+        for j in range(a.seg_len[g]):
+            if b < end and bucket[b] == a.syn_src[g, j]:
+                b += 1
+            else:
+                missing[m] = flat
+                m += 1
+            flat += 1
+    return missing[:m]
+
+
+@njit(cache=True)
+def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing):
+    """Inverse of :func:`pack_synapses`: segments, connected counts, slot lists, forward index."""
+    n = seg_len.shape[0]
+    conn = a.pf[PF_CONNECTED]
+    n_cells = a.cell_slot_start.shape[0]
+    slot_counts = np.zeros(n_cells, dtype=np.int64)
+    fwd_counts = np.zeros(n_cells, dtype=np.int64)
+    has_entry = np.ones(src.shape[0], dtype=np.uint8)
+    for i in range(missing.shape[0]):
+        has_entry[missing[i]] = 0
+    flat = 0
+    for g in range(n):
+        slot_counts[a.seg_cell[g]] += 1
+        nconn = 0
+        for j in range(seg_len[g]):
+            p = perm_values[perm_index[flat]]
+            a.syn_src[g, j] = src[flat]
+            a.syn_perm[g, j] = p
+            if p >= conn:
+                nconn += 1
+            if has_entry[flat]:
+                fwd_counts[src[flat]] += 1
+            flat += 1
+        a.seg_len[g] = seg_len[g]
+        a.seg_nconn[g] = nconn
+    a.s[S_SLOT_POOL_USED] = _lay_out_lists(
+        a.cell_slot_start, a.cell_slot_len, a.cell_slot_cap, slot_counts
+    )
+    a.s[S_FWD_POOL_USED] = _lay_out_lists(a.fwd_start, a.fwd_len, a.fwd_cap, fwd_counts)
+    flat = 0
+    for g in range(n):
+        cell = a.seg_cell[g]
+        a.slot_pool[a.cell_slot_start[cell] + a.cell_slot_len[cell]] = g
+        a.cell_slot_len[cell] += 1
+        for _ in range(seg_len[g]):
+            if has_entry[flat]:
+                s = src[flat]
+                a.fwd_pool[a.fwd_start[s] + a.fwd_len[s]] = g
+                a.fwd_len[s] += 1
+            flat += 1
+    a.s[S_FWD_ENTRIES] = src.shape[0] - missing.shape[0]
+    a.s[S_N_SLOTS] = n
+    a.s[S_N_SYNAPSES] = src.shape[0]
+    live = 0
+    for g in range(n):
+        if seg_len[g] > 0:
+            live += 1
+    a.s[S_N_SEGMENTS] = live
+
+
+@njit(cache=True)
+def _lay_out_lists(start, length, cap, counts):
+    """Empty lists with room for ``counts`` entries plus half again; returns the pool use."""
     w = 0
     for lst in range(start.shape[0]):
         n = counts[lst]
@@ -1249,46 +1383,4 @@ def _fill_lists(start, length, cap, pool, owner, value, counts):
         length[lst] = 0
         cap[lst] = n + n // 2 + 4 if n > 0 else 0
         w += cap[lst]
-    for i in range(owner.shape[0]):
-        lst = owner[i]
-        pool[start[lst] + length[lst]] = value[i]
-        length[lst] += 1
     return w
-
-
-@njit(cache=True)
-def rebuild_indexes(a, present):
-    """Cell slot lists and the forward index from the segment arrays (after a load)."""
-    n = a.s[S_N_SLOTS]
-    n_cells = a.cell_slot_start.shape[0]
-    counts = np.zeros(n_cells, dtype=np.int64)
-    owner = np.empty(n, dtype=np.int64)
-    value = np.empty(n, dtype=np.int64)
-    for g in range(n):
-        counts[a.seg_cell[g]] += 1
-        owner[g] = a.seg_cell[g]
-        value[g] = g
-    a.s[S_SLOT_POOL_USED] = _fill_lists(
-        a.cell_slot_start, a.cell_slot_len, a.cell_slot_cap, a.slot_pool, owner, value, counts
-    )
-    total = 0
-    for g in range(n):
-        total += a.seg_len[g]
-    counts[:] = 0
-    owner = np.empty(total, dtype=np.int64)
-    value = np.empty(total, dtype=np.int64)
-    m = 0
-    flat = 0
-    for g in range(n):
-        for j in range(a.seg_len[g]):
-            if present[flat] != 0:
-                src = a.syn_src[g, j]
-                counts[src] += 1
-                owner[m] = src
-                value[m] = g
-                m += 1
-            flat += 1
-    a.s[S_FWD_POOL_USED] = _fill_lists(
-        a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, owner[:m], value[:m], counts
-    )
-    a.s[S_FWD_ENTRIES] = m

@@ -11,6 +11,7 @@ synapse freeing; ``version="0.3.4"`` selects the older freeing sort keys of nupi
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -59,35 +60,32 @@ class BacktrackingTM:
         seed: int = 1960,
         version: str = "0.5.6",
     ) -> None:
-        if version not in _VERSIONS:
-            raise ValueError(f"unknown NuPIC version {version!r}; expected one of {_VERSIONS}")
-        if cells_per_column < 2:
-            raise ValueError("cells_per_column must be >= 2 (cell 0 is the start cell)")
-        if max_segments_per_cell <= 0 or max_synapses_per_segment <= 0:
-            raise ValueError("only NuPIC's fixed-size mode is implemented: both maxima must be > 0")
-        self._config: dict[str, Any] = {
-            "num_columns": int(num_columns),
-            "cells_per_column": int(cells_per_column),
-            "activation_threshold": int(activation_threshold),
-            "min_threshold": int(min_threshold),
-            "new_synapse_count": int(new_synapse_count),
-            "initial_perm": float(initial_perm),
-            "connected_perm": float(connected_perm),
-            "permanence_inc": float(permanence_inc),
-            "permanence_dec": float(permanence_dec),
-            "permanence_max": float(permanence_max),
-            "max_segments_per_cell": int(max_segments_per_cell),
-            "max_synapses_per_segment": int(max_synapses_per_segment),
-            "pam_length": int(pam_length),
-            "max_inf_backtrack": int(max_inf_backtrack),
-            "max_lrn_backtrack": int(max_lrn_backtrack),
-            "max_seq_length": int(max_seq_length),
-            "seed": int(seed),
-            "version": version,
-        }
+        arguments = {name: value for name, value in locals().items() if name != "self"}
+        self._config = self._checked_config(arguments)
         self._a = self._allocate(segment_capacity=1024)
         self._a.rng[:] = rng_new(seed)
         self._a.s[k.S_PAM_COUNTER] = pam_length
+
+    @staticmethod
+    def _checked_config(arguments: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments validated and normalised (also what a checkpoint stores)."""
+        defaults = inspect.signature(BacktrackingTM.__init__).parameters
+        unknown = set(arguments) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown BacktrackingTM arguments: {sorted(unknown)}")
+        merged = {
+            name: arguments.get(name, p.default) for name, p in defaults.items() if name != "self"
+        }
+        if merged["version"] not in _VERSIONS:
+            raise ValueError(
+                f"unknown NuPIC version {merged['version']!r}; expected one of {_VERSIONS}"
+            )
+        if merged["cells_per_column"] < 2:
+            raise ValueError("cells_per_column must be >= 2 (cell 0 is the start cell)")
+        if merged["max_segments_per_cell"] <= 0 or merged["max_synapses_per_segment"] <= 0:
+            raise ValueError("only NuPIC's fixed-size mode is implemented: both maxima must be > 0")
+        # int / float / str like the defaults (JSON round trips keep them that way)
+        return {name: type(defaults[name].default)(value) for name, value in merged.items()}
 
     # ------------------------------------------------------------------------------------------
     # public API
@@ -186,8 +184,9 @@ class BacktrackingTM:
             fwd_len=np.zeros(n_cells, dtype=np.int32),
             fwd_cap=np.zeros(n_cells, dtype=np.int32),
             fwd_pool=np.zeros(8 * n_cells, dtype=np.int32),
-            seg_count=np.zeros(g, dtype=np.int32),
-            touched=np.zeros(g, dtype=np.int32),
+            seg_count=np.zeros(g, dtype=np.uint8),
+            reach_seg=np.zeros(g, dtype=np.int64),
+            reach_count=np.zeros(g, dtype=np.int32),
             st_flag=np.zeros((k.N_STATES, n_cells), dtype=np.uint8),
             st_list=np.zeros((k.N_STATES, n_cells), dtype=np.int32),
             st_count=np.zeros(k.N_STATES, dtype=np.int64),
@@ -206,6 +205,7 @@ class BacktrackingTM:
             upd_src=np.zeros((n_cols, stride), dtype=np.int32),
             col_flag=np.zeros(n_cols, dtype=np.uint8),
             col_best=np.full(n_cols, -1, dtype=np.int32),
+            col_best_count=np.zeros(n_cols, dtype=np.int32),
             scr_src=np.zeros(2 * stride, dtype=np.int32),
             scr_perm=np.zeros(2 * stride, dtype=np.float32),
             scr_dec=np.zeros(2 * stride, dtype=np.int32),
@@ -235,13 +235,12 @@ class BacktrackingTM:
         n = int(a.s[k.S_N_SLOTS])
         grown = {}
         for name in k.TMArrays._fields:
-            if not (name.startswith("seg_") or name.startswith("syn_") or name == "touched"):
+            if not (name.startswith(("seg_", "syn_", "reach_"))):
                 continue
             old = getattr(a, name)
             fill = -1 if name == "seg_free_next" else 0
             new = np.full((capacity,) + old.shape[1:], fill, dtype=old.dtype)
-            keep = a.s[k.S_N_TOUCHED] if name == "touched" else n
-            new[:keep] = old[:keep]
+            new[:n] = old[:n]
             grown[name] = new
         self._a = a._replace(**grown)
 
@@ -279,11 +278,7 @@ class BacktrackingTM:
         n = int(a.s[k.S_N_SLOTS])
         lengths = a.seg_len[:n]
         stride = a.syn_src.shape[1]
-        mask = np.arange(stride)[None, :] < lengths[:, None]
-        src = a.syn_src[:n][mask]
-        perm = a.syn_perm[:n][mask]
-        perm_values, perm_index = np.unique(perm, return_inverse=True)
-        missing = k.missing_forward_entries(a)
+        src, perm_values, perm_index, missing = k.pack_synapses(a)
         iteration_dtype = _uint_dtype(int(a.s[k.S_N_LRN_ITERATIONS]))
         n_upd = int(a.s[k.S_N_UPDATES])
         upd_lengths = a.upd_len[:n_upd]
@@ -311,7 +306,7 @@ class BacktrackingTM:
             "seg_dc_it": a.seg_dc_it[:n].astype(iteration_dtype),
             "free_segments": self._free_segments_in_push_order(),
             "syn_src": src.astype(cell_dtype),
-            "syn_perm_values": perm_values.astype(np.float32),
+            "syn_perm_values": perm_values,
             "syn_perm_index": perm_index.astype(_uint_dtype(max(perm_values.size - 1, 0))),
             "syn_missing_forward": missing.astype(_uint_dtype(max(src.size, 1))),
             "inf_active": np.sort(self._members(k.INF_ACTIVE)).astype(cell_dtype),
@@ -342,8 +337,8 @@ class BacktrackingTM:
         """Rebuild a TM from :meth:`get_state`'s dict (forward index and slot lists included)."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported BacktrackingTM state format {state.get('format')!r}")
-        config = dict(state["config"])
-        tm = cls(**config)
+        tm = cls.__new__(cls)
+        tm._config = cls._checked_config(dict(state["config"]))
         seg_len = np.asarray(state["seg_len"], dtype=np.int32)
         n = seg_len.size
         tm._a = tm._allocate(segment_capacity=max(1024, n * 3 // 2))
@@ -360,40 +355,36 @@ class BacktrackingTM:
 
         a.seg_cell[:n] = state["seg_cell"]
         a.seg_slot[:n] = state["seg_slot"]
-        a.seg_len[:n] = seg_len
         a.seg_seq[:n] = state["seg_seq"]
         a.seg_total[:n] = state["seg_total"]
         a.seg_pos[:n] = state["seg_pos"]
         a.seg_last_active[:n] = state["seg_last_active"]
         a.seg_dc[:n] = state["seg_dc"]
         a.seg_dc_it[:n] = state["seg_dc_it"]
-        a.s[k.S_N_SLOTS] = n
         stride = a.syn_src.shape[1]
         if n and int(seg_len.max()) > stride:
             raise ValueError("a segment in the state is longer than this TM's synapse stride")
-        mask = np.arange(stride)[None, :] < seg_len[:, None]
-        perm = np.asarray(state["syn_perm_values"], dtype=np.float32)[
-            np.asarray(state["syn_perm_index"], dtype=np.int64)
-        ]
-        a.syn_src[:n][mask] = state["syn_src"]
-        a.syn_perm[:n][mask] = perm
-        connected = a.syn_perm[:n] >= a.pf[k.PF_CONNECTED]
-        a.seg_nconn[:n] = (connected & mask).sum(axis=1)
-        a.s[k.S_N_SEGMENTS] = int(np.count_nonzero(seg_len))
-        a.s[k.S_N_SYNAPSES] = int(seg_len.sum())
+        src = np.asarray(state["syn_src"], dtype=np.int32)
+        if src.size != int(seg_len.sum()):
+            raise ValueError("synapse arrays do not match the segment lengths")
+        n_lists = a.cell_slot_start.shape[0]
+        tm._a = a = a._replace(
+            slot_pool=np.empty(2 * n + 4 * n_lists + 1024, dtype=np.int32),
+            fwd_pool=np.empty(2 * src.size + 4 * n_lists + 1024, dtype=np.int32),
+        )
+        k.unpack_synapses(
+            a,
+            seg_len,
+            src,
+            np.asarray(state["syn_perm_values"], dtype=np.float32),
+            np.asarray(state["syn_perm_index"], dtype=np.int64),
+            np.asarray(state["syn_missing_forward"], dtype=np.int64),
+        )
         for g in np.asarray(state["free_segments"], dtype=np.int64):
             cell = a.seg_cell[g]
             a.seg_free_next[g] = a.cell_free_head[cell]
             a.cell_free_head[cell] = g
             a.seg_is_free[g] = 1
-        present = np.ones(int(seg_len.sum()), dtype=np.uint8)
-        present[np.asarray(state["syn_missing_forward"], dtype=np.int64)] = 0
-        n_lists = a.cell_slot_start.shape[0]
-        tm._a = a = a._replace(
-            slot_pool=np.zeros(2 * n + 4 * n_lists + 1024, dtype=np.int32),
-            fwd_pool=np.zeros(2 * present.size + 4 * n_lists + 1024, dtype=np.int32),
-        )
-        k.rebuild_indexes(a, present)
 
         for key, set_id in (
             ("inf_active", k.INF_ACTIVE),
