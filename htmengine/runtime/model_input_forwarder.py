@@ -54,7 +54,7 @@ class ModelInputForwarder:
 
     def __call__(self, stored: Sequence[StoredRows]) -> None:
         for item in stored:
-            if not item.rows:
+            if not item.samples:
                 continue
             if item.status == MetricStatus.ACTIVE:
                 try:
