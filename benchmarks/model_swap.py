@@ -141,6 +141,18 @@ def prepare_models(count: int, history: int, params: dict) -> tuple[list[str], i
     return model_ids, len(blob)
 
 
+def register_metrics(model_ids: list[str]) -> None:
+    """ACTIVE metric rows for the models, so that backlog discovery finds their input after a
+    broker restart (the scheduler's pings are not durable)."""
+    from htmengine.repository import MetricStatus, get_engine, queries
+
+    with get_engine().begin() as conn:
+        for model_id in model_ids:
+            queries.insert_metric(
+                conn, uid=model_id, datasource="custom", name=model_id, status=MetricStatus.ACTIVE
+            )
+
+
 def run_steady(args: argparse.Namespace) -> None:
     from htmengine.bus import MessageBus
     from htmengine.model_swapper.model_swapper_interface import (
@@ -157,6 +169,7 @@ def run_steady(args: argparse.Namespace) -> None:
     migrate.upgrade()
     params = get_scalar_metric_params(0.0, 100.0)
     model_ids, blob_bytes = prepare_models(args.models, args.history, params)
+    register_metrics(model_ids)
     swapper = ModelSwapperInterface()
     for model_id in model_ids:
         swapper.bus.declare_queue(swapper.model_input_queue(model_id), durable=True)
@@ -171,6 +184,7 @@ def run_steady(args: argparse.Namespace) -> None:
          "--concurrency", str(args.slots)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on kill too
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -226,6 +240,7 @@ def run_steady(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     modes = parser.add_subparsers(dest="mode", required=True)
     inprocess = modes.add_parser("inprocess", help="one model, swap costs by full-save interval")

@@ -358,7 +358,7 @@ class CheckpointManager:
             written += len(model_blob)
         attributes = json.dumps({"batchIDs": batch_ids}).encode("utf-8")
         _write_file(os.path.join(path, _ATTRIBUTES_FILE), attributes)
-        _write_file(os.path.join(path, _JOURNAL_FILE), b"")
+        open(os.path.join(path, _JOURNAL_FILE), "wb").close()  # empty: the dir fsync persists it
         _fsync_dir(path)
         return written + len(attributes)
 

@@ -30,6 +30,7 @@ import logging
 import math
 import time
 import traceback
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -202,14 +203,18 @@ class ModelRunner:
         self.full_save_ms = _Average()
         self.blob_load_ms = _Average()
 
-    def full_save_due(self, journal_rows: int) -> bool:
-        """Whether a journal of `journal_rows` rows should be folded into a full save now."""
+    def full_save_due(self, journal_rows: int, model_id: str = "") -> bool:
+        """Whether a journal of `journal_rows` rows should be folded into a full save now.
+
+        The adaptive interval is spread over [0.5, 1.5) times itself by a hash of the model id, so
+        that models fed in lockstep (one row each every 5 minutes) do not all save in one cycle.
+        """
         if not self.adaptive_full_saves:
             return journal_rows >= self.full_checkpoint_rows
         save_ms = self.full_save_ms.value or self.blob_load_ms.value
-        return journal_rows >= full_save_interval(
-            self.row_ms.value, save_ms, self.full_checkpoint_rows
-        )
+        interval = full_save_interval(self.row_ms.value, save_ms, self.full_checkpoint_rows)
+        spread = 0.5 + (zlib.crc32(model_id.encode()) % 1000) / 1000.0
+        return journal_rows >= min(self.full_checkpoint_rows, max(1, round(interval * spread)))
 
     @property
     def model_class(self) -> Any:
@@ -501,7 +506,7 @@ class ModelRunner:
             return  # nothing to fold the batches into: an undefined or unusable model
         started = time.perf_counter()
         journal_rows = len(checkpoint.journal_rows) + len(rows)
-        if session.model is not None and self.full_save_due(journal_rows):
+        if session.model is not None and self.full_save_due(journal_rows, session.model_id):
             written = self.checkpoints.save_full(checkpoint, session.model.save(), batch_ids)
             self.full_save_ms.add((time.perf_counter() - started) * 1000.0)
             report.full_saves += 1

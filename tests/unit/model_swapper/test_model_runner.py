@@ -232,4 +232,17 @@ def test_adaptive_runner_saves_full_sooner_when_rows_are_dear(tmp_path) -> None:
     harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
     harness.swapper.submitRequests("m", input_rows(1, 1))
     report = harness.runner.serve("m", never)
-    assert report.full_saves == 1 and report.incremental_saves == 0  # the cap alone: a journal append
+    assert (
+        report.full_saves == 1 and report.incremental_saves == 0
+    )  # the cap alone: a journal append
+
+
+def test_full_saves_of_models_fed_in_lockstep_are_spread(tmp_path) -> None:
+    runner = Harness(tmp_path, full_rows=100).runner
+    runner.adaptive_full_saves = True
+    runner.row_ms.add(2.0)
+    runner.full_save_ms.add(100.0)  # interval 10
+    thresholds = {
+        min(j for j in range(1, 101) if runner.full_save_due(j, f"model{i}")) for i in range(50)
+    }
+    assert len(thresholds) > 3 and min(thresholds) >= 5 and max(thresholds) <= 15
