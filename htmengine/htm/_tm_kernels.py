@@ -759,15 +759,17 @@ def _count_active_segments(a, k, threshold):
     a.s[S_WORK_FWD_ENTRIES] += visited
     reach_seg = a.reach_seg
     reach_count = a.reach_count
+    words = counts.view(np.uint64)  # scan 8 segments at a time; most are untouched
     m = 0
-    for g in range(a.s[S_N_SLOTS]):
-        c = counts[g]
-        if c != 0:
-            if c >= threshold:
-                reach_seg[m] = g
-                reach_count[m] = c
-                m += 1
-            counts[g] = 0
+    for w in range((a.s[S_N_SLOTS] + 7) // 8):
+        if words[w] != 0:
+            for g in range(8 * w, 8 * w + 8):
+                c = counts[g]
+                if c >= threshold:
+                    reach_seg[m] = g
+                    reach_count[m] = c
+                    m += 1
+            words[w] = 0
     return m
 
 

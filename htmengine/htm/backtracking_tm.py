@@ -152,7 +152,7 @@ class BacktrackingTM:
         pf[k.PF_INC] = c["permanence_inc"]
         pf[k.PF_DEC] = c["permanence_dec"]
         pf[k.PF_MAX] = c["permanence_max"]
-        g = segment_capacity
+        g = -(-segment_capacity // 8) * 8  # activity counts are scanned 8 bytes at a time
         inf_rows = c["max_inf_backtrack"] + 2
         lrn_rows = c["max_lrn_backtrack"] + 2
         return k.TMArrays(
@@ -231,6 +231,7 @@ class BacktrackingTM:
         self._reserve_pool("slot", k.S_SLOT_POOL_USED, 4 * new_segments + 1024)
 
     def _grow_segments(self, capacity: int) -> None:
+        capacity = -(-capacity // 8) * 8
         a = self._a
         n = int(a.s[k.S_N_SLOTS])
         grown = {}
