@@ -44,12 +44,15 @@ def run_trace(nab_dir: Path, name: str) -> None:
         warm.compute(cols)
     tm = BacktrackingTM()
     start = time.perf_counter()
+    cpu_start = time.process_time()
     for cols in columns:
         tm.compute(cols)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     print(
         f"trace {name}: {len(columns)} records in {elapsed:.2f} s = "
-        f"{len(columns) / elapsed:,.0f} records/s (TM only)"
+        f"{len(columns) / elapsed:,.0f} records/s (TM only; {len(columns) / cpu:,.0f} records/s "
+        f"of CPU time, load {os.getloadavg()[0]:.1f})"
     )
     print(
         f"segments {tm.n_segments:,}  synapses {tm.n_synapses:,}  "
@@ -85,12 +88,15 @@ def run_model(nab_dir: Path, relative: str) -> None:
 
     model.tm.compute = timed_compute  # type: ignore[method-assign]
     start = time.perf_counter()
+    cpu_start = time.process_time()
     for timestamp, value in rows:
         model.run(timestamp, value)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     n = len(rows)
     print(
-        f"{relative}: {n} records in {elapsed:.2f} s = {n / elapsed:,.0f} records/s (whole model)"
+        f"{relative}: {n} records in {elapsed:.2f} s = {n / elapsed:,.0f} records/s (whole model; "
+        f"{n / cpu:,.0f} records/s of CPU time, load {os.getloadavg()[0]:.1f})"
     )
     print(
         f"TM: {tm_seconds:.2f} s ({100 * tm_seconds / elapsed:.0f}%) = "
