@@ -246,3 +246,18 @@ def test_full_saves_of_models_fed_in_lockstep_are_spread(tmp_path) -> None:
         min(j for j in range(1, 101) if runner.full_save_due(j, f"model{i}")) for i in range(50)
     }
     assert len(thresholds) > 3 and min(thresholds) >= 5 and max(thresholds) <= 15
+
+
+def test_an_unreadable_checkpoint_makes_rows_fail_with_a_message_not_the_runner(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 5))  # a full save (full_rows=5)
+    harness.runner.serve("m", never)
+    checkpoint = harness.checkpoints.load("m")
+    with open(f"{checkpoint.store_dir}/model.bin", "wb") as fh:
+        fh.write(b"not a model")
+    harness.swapper.submitRequests("m", input_rows(6, 2))
+    report = harness.runner.serve("m", never)
+    failed = harness.inference_results()[-2:]
+    assert [r.status for r in failed] == [exceptions.ERR, exceptions.ERR]
+    assert "load model" in failed[0].errorMessage and report.failed_rows == 2
+    assert not harness.bus.queues["in.m"] and all(m.acked for _, m in harness.bus.taken)
