@@ -177,6 +177,9 @@ TMArrays = namedtuple(
         "scr_new",
         "scr_removed",
         "scr_upd",
+        "scr_pos",
+        "scr_key",
+        "scr_delete",
         "scr_on",
         "scr_cand",
     ],
@@ -526,8 +529,8 @@ def _adapt_existing(a, g, upd, n_upd):
         n_cand = n_dec
         if n_dec < num_to_free:
             n_cand = n_dec + n_inc
-        cand_pos = np.empty(n_cand, dtype=np.int64)
-        cand_key = np.empty(n_cand, dtype=np.float32)
+        cand_pos = a.scr_pos
+        cand_key = a.scr_key
         for i in range(n_dec):
             cand_pos[i] = dec[i]
             cand_key[i] = perm[i] if legacy else perm[dec[i]]
@@ -535,27 +538,35 @@ def _adapt_existing(a, g, upd, n_upd):
             cand_pos[n_dec + i] = inc[i]
             key = perm[i] if legacy else perm[inc[i]]
             cand_key[n_dec + i] = np.float32(key + pmax)
-        order = np.argsort(cand_key, kind="mergesort")
+        # stable insertion sort by key (std::stable_sort; at most a few dozen candidates)
+        for i in range(1, n_cand):
+            key = cand_key[i]
+            pos = cand_pos[i]
+            j = i - 1
+            while j >= 0 and cand_key[j] > key:
+                cand_key[j + 1] = cand_key[j]
+                cand_pos[j + 1] = cand_pos[j]
+                j -= 1
+            cand_key[j + 1] = key
+            cand_pos[j + 1] = pos
         if num_to_free > n_cand:
             num_to_free = n_cand
-        dele = np.empty(num_to_free, dtype=np.int64)
+        delete = a.scr_delete
         for i in range(num_to_free):
-            q = cand_pos[order[i]]
-            dele[i] = q
+            q = cand_pos[i]
+            delete[q] = 1
             removed[n_removed] = src[q]
             n_removed += 1
-        dele.sort()
+        # positions at or past the current length are not deleted (v0.5.6 stale positions)
         w = 0
-        di = 0
         for j in range(size):
-            while di < num_to_free and dele[di] < j:
-                di += 1
-            if di < num_to_free and dele[di] == j:
-                di += 1
+            if delete[j] != 0:
                 continue
             src[w] = src[j]
             perm[w] = perm[j]
             w += 1
+        for i in range(num_to_free):
+            delete[cand_pos[i]] = 0
         size = w
 
     # add the new synapses (kept sorted by source) and their forward entries

@@ -213,6 +213,9 @@ class BacktrackingTM:
             scr_new=np.zeros(2 * stride, dtype=np.int32),
             scr_removed=np.zeros(4 * stride, dtype=np.int32),
             scr_upd=np.zeros(2 * stride, dtype=np.int32),
+            scr_pos=np.zeros(2 * stride, dtype=np.int32),
+            scr_key=np.zeros(2 * stride, dtype=np.float32),
+            scr_delete=np.zeros(2 * stride, dtype=np.uint8),
             scr_on=np.zeros(n_cells, dtype=np.int32),
             scr_cand=np.zeros(n_cells, dtype=np.int64),
         )
