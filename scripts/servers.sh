@@ -46,8 +46,9 @@ install() {
   local missing=()
   command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  command -v nc >/dev/null 2>&1 || missing+=(netcat-openbsd)  # for the README's one-line examples
   if [ ${#missing[@]} -eq 0 ]; then
-    log "MariaDB and RabbitMQ already installed"
+    log "MariaDB, RabbitMQ and nc already installed"
     return
   fi
   [ "$(id -u)" -eq 0 ] || die "installing ${missing[*]} needs root (apt-get)"
