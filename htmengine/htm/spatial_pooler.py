@@ -3,7 +3,9 @@
 Only the configuration those pipelines used is supported: 1-D topology with the potential radius
 covering the whole input, global inhibition, boosting disabled (``max_boost = 1``) and stimulus
 threshold 0. Within that, every f32 operation, every random draw and every tie-break follows the
-original, so active columns match NuPIC's on every record.
+original, so active columns match NuPIC's on every record. Active-column duty cycles and boost
+factors are not kept: with boosting off they influence nothing (core 0.4.10 does not strip
+unlearned columns when ``learn`` is false either).
 
 State is sparse where it pays: each column's potential pool is a fixed-size sorted index row and its
 permanences live beside it (``pool_perms[c, j]`` belongs to input ``pool_inputs[c, j]``); the
@@ -173,7 +175,6 @@ def _learn(
     pool_perms: np.ndarray,
     connected_by_input: np.ndarray,
     overlap_duty: np.ndarray,
-    active_duty: np.ndarray,
     touched: np.ndarray,
     min_overlap_duty: np.float32,
     iteration: int,
@@ -212,13 +213,9 @@ def _learn(
     period = min(duty_cycle_period, iteration)
     keep = np.float32(period - 1)
     divisor = np.float32(period)
-    is_active = np.zeros(overlap_duty.shape[0], dtype=np.float32)
-    for c in active:
-        is_active[c] = 1.0
     for c in range(overlap_duty.shape[0]):
         had_overlap = np.float32(1.0) if overlaps[c] > 0 else np.float32(0.0)
         overlap_duty[c] = (overlap_duty[c] * keep + had_overlap) / divisor
-        active_duty[c] = (active_duty[c] * keep + is_active[c]) / divisor
 
     for c in range(overlap_duty.shape[0]):
         if overlap_duty[c] < min_overlap_duty:
@@ -315,7 +312,6 @@ class SpatialPooler:
         self._derive_constants()
         self._start_from_initial_tables()
         self.overlap_duty = np.zeros(num_columns, dtype=np.float32)
-        self.active_duty = np.zeros(num_columns, dtype=np.float32)
         self.min_overlap_duty = _F32(0.0)
         self.iteration = 0
         self.learn_iteration = 0
@@ -365,8 +361,8 @@ class SpatialPooler:
         else:
             active = _inhibit_ties_to_higher_index(overlaps, self.num_active_columns)
         if not learn:
-            # NuPIC strips columns that never won while learning.
-            return active[self.active_duty[active] > 0]
+            # Core 0.4.10 returns the inhibition winners as they are (no unlearned-column stripping).
+            return active
         self.learn_iteration += 1
         _learn(
             on_bits,
@@ -376,7 +372,6 @@ class SpatialPooler:
             self.pool_perms,
             self.connected_by_input,
             self.overlap_duty,
-            self.active_duty,
             self.touched,
             self.min_overlap_duty,
             self.iteration,
@@ -418,7 +413,6 @@ class SpatialPooler:
             "touched_columns": touched.astype(np.uint16),
             "touched_perms": self.pool_perms[touched],
             "overlap_duty": self.overlap_duty.copy(),
-            "active_duty": self.active_duty.copy(),
             "min_overlap_duty": float(self.min_overlap_duty),
             "iteration": self.iteration,
             "learn_iteration": self.learn_iteration,
@@ -464,10 +458,7 @@ class SpatialPooler:
             perms >= obj._connected
         ).ravel()
         obj.overlap_duty = np.array(state["overlap_duty"], dtype=np.float32)
-        obj.active_duty = np.array(state["active_duty"], dtype=np.float32)
-        if obj.overlap_duty.shape != (obj.num_columns,) or obj.active_duty.shape != (
-            obj.num_columns,
-        ):
+        if obj.overlap_duty.shape != (obj.num_columns,):
             raise ValueError("spatial pooler state: duty cycles have the wrong shape")
         obj.min_overlap_duty = _F32(state["min_overlap_duty"])
         return obj

@@ -92,7 +92,18 @@ def test_learning_moves_permanences_by_the_f32_increments() -> None:
     np.testing.assert_array_equal(sp.pool_perms[column], expected)
     untouched = np.setdiff1d(np.arange(2048), active)
     np.testing.assert_array_equal(sp.pool_perms[untouched], before[untouched])
-    assert sp.overlap_duty.max() == 1.0 and sp.active_duty[column] == 1.0
+    assert sp.overlap_duty.max() == 1.0
+
+
+def test_inference_only_step_changes_nothing_but_the_iteration() -> None:
+    sp = SpatialPooler()
+    input_vector = np.zeros(454, dtype=np.uint8)
+    input_vector[::11] = 1
+    before = sp.pool_perms.copy()
+    active = sp.compute(input_vector, learn=False)
+    assert len(active) == 40  # core 0.4.10 does not strip never-learned columns
+    np.testing.assert_array_equal(sp.pool_perms, before)
+    assert (sp.iteration, sp.learn_iteration, sp.overlap_duty.max()) == (1, 0, 0.0)
 
 
 def test_weak_columns_are_bumped_after_the_min_duty_refresh() -> None:
