@@ -254,7 +254,7 @@ class SlotAgent:
                 if message is not None:
                     self.on_event((message[0], self.index, *message[1:]))
                     continue
-            process.join(timeout=WORKER_STOP_TIMEOUT_SEC)
+            process.join()
             if self._closing:
                 return
             exitcode = process.exitcode
@@ -275,15 +275,18 @@ class SlotAgent:
             self._spawn()
 
     def close(self, timeout: float = WORKER_STOP_TIMEOUT_SEC) -> None:
-        """Tell the worker to exit (after its current batch) and wait; kill it if it hangs."""
+        """Tell the worker to exit (after its current batch) and wait; kill it if it hangs.
+
+        Only the watcher thread reaps the worker (two threads joining one child race for its
+        exit status), so this waits for the watcher to end.
+        """
         self._closing = True
         self._send(("exit",))
-        process = self._process
-        if process is None:
+        if not self._thread.is_alive():
             return
-        process.join(timeout)
-        if process.is_alive():
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            process = self._process
             _log.error("slot %d: worker pid %d did not exit; killing it", self.index, process.pid)
             process.kill()
-            process.join(10)
-        self._thread.join(timeout=5)
+            self._thread.join(10)

@@ -417,7 +417,7 @@ def test_graceful_stop_mid_stream_repeats_nothing(
     scheduler, swapper, results, model_config, monitored
 ) -> None:
     model_ids = [uuid.uuid4().hex for _ in range(3)]
-    data = {model_id: series(20 + seed, 40) for seed, model_id in enumerate(model_ids)}
+    data = {model_id: series(20 + seed, 60) for seed, model_id in enumerate(model_ids)}
     for model_id in model_ids:
         monitored(model_id)
         swapper.defineModel(model_id, define_args(model_config), "cmd")
@@ -425,12 +425,13 @@ def test_graceful_stop_mid_stream_repeats_nothing(
     results.wait(lambda: sum(len(results.inference(m)) for m in model_ids) >= 10, "first results")
     scheduler.server.supervisor.stopProcess("htmengine:model_scheduler")  # SIGINT, waits
     info = scheduler.process_info()["model_scheduler"]
-    assert (info["statename"], info["exitstatus"]) == ("STOPPED", 0)
+    assert (info["statename"], info["exitstatus"]) == ("STOPPED", 0), info
     results.drain()
-    assert sum(len(results.inference(m)) for m in model_ids) < 120  # stopped mid-stream
+    done_before_restart = sum(len(results.inference(m)) for m in model_ids)
+    assert done_before_restart < 180, "the stop came too late to test anything"
     scheduler.server.supervisor.startProcess("htmengine:model_scheduler")
     for model_id in model_ids:
-        grouped = results.wait_rows(model_id, list(range(1, 41)))
+        grouped = results.wait_rows(model_id, list(range(1, 61)))
         # Every batch was checkpointed and acked before the stop: no result repeats.
-        assert [r.rowID for r in results.inference(model_id)] == list(range(1, 41))
+        assert [r.rowID for r in results.inference(model_id)] == list(range(1, 61))
         assert_scores(grouped, reference_scores(model_config, data[model_id]))
