@@ -124,3 +124,62 @@ def test_bad_arguments_are_refused() -> None:
         tm.compute(np.array([3, 64]))
     with pytest.raises(ValueError, match="format"):
         BacktrackingTM.from_state({"format": 999})
+
+
+def test_stale_position_freeing_of_core_0_4_10() -> None:
+    """Spec §4.6 worked case: 32 synapses, 17 dec (3 fall to <= 0), 5 new. Two synapses must go;
+    the two lowest keys are the moved synapse and its stale copy past the end, so only one is
+    deleted and the segment ends with 33."""
+    from htmengine.htm import _tm_kernels as k
+
+    tm = BacktrackingTM()
+    a = tm._a
+    a.s[k.S_N_LRN_ITERATIONS] = 27
+    sources = np.arange(100, 132, dtype=np.int32)  # position i holds source 100 + i
+    k._create_segment(a, 62277, sources, 32, 1)
+    g = 0
+    f32 = np.float32
+    near_zero = f32(f32(f32(0.21) - f32(0.1)) - f32(0.1))  # one decrement from removal
+    dec_positions = [1, 3, 4, 5, 7, 8, 9, 10, 14, 15, 17, 21, 22, 24, 25, 27, 30]
+    a.syn_perm[g, :32] = f32(0.41)
+    a.syn_perm[g, [7, 8, 10]] = near_zero
+    a.syn_perm[g, 30] = f32(f32(0.21) - f32(0.1))
+    inc = [100 + i for i in range(32) if i not in dec_positions]
+    update = np.array(sorted(inc + [200, 201, 202, 203, 204]), dtype=np.int32)
+
+    k._adapt_existing(a, g, update, update.size)
+
+    kept = a.syn_src[g, : a.seg_len[g]].tolist()
+    assert tm.n_synapses == len(kept) == 33
+    assert kept == sorted(set(range(100, 132)) - {107, 108, 110, 130} | set(range(200, 205)))
+    for source in range(100, 205):
+        entries = a.fwd_pool[a.fwd_start[source] : a.fwd_start[source] + a.fwd_len[source]]
+        assert entries.tolist() == ([g] if source in kept else []), source
+
+
+def test_stale_free_can_erase_the_forward_entry_of_a_surviving_synapse() -> None:
+    """When the chosen stale position lies past the end, nothing is deleted there, yet its
+    source (a synapse that moved left and stays) is reported removed: its forward entry goes."""
+    from htmengine.htm import _tm_kernels as k
+
+    tm = BacktrackingTM()
+    a = tm._a
+    a.s[k.S_N_LRN_ITERATIONS] = 5
+    k._create_segment(a, 99, np.arange(100, 132, dtype=np.int32), 32, 1)
+    g = 0
+    f32 = np.float32
+    a.syn_perm[g, :32] = f32(0.41)
+    a.syn_perm[g, 0] = f32(f32(f32(0.21) - f32(0.1)) - f32(0.1))  # removed by the decrement
+    a.syn_perm[g, 31] = f32(f32(0.21) - f32(0.1))  # lowest key after the decrement
+    dec_positions = {0, 2, 4, 31}
+    inc = [100 + i for i in range(32) if i not in dec_positions]
+    update = np.array(inc + [200, 201], dtype=np.int32)
+
+    k._adapt_existing(a, g, update, update.size)
+
+    kept = a.syn_src[g, : a.seg_len[g]].tolist()
+    assert kept == list(range(101, 132)) + [200, 201]
+    assert tm.n_synapses == 33
+    for source in kept:
+        entries = a.fwd_pool[a.fwd_start[source] : a.fwd_start[source] + a.fwd_len[source]]
+        assert entries.tolist() == ([] if source == 131 else [g]), source
