@@ -127,6 +127,8 @@ def worker_main(
 
     def on_sigterm(_signum: int, _frame: Any) -> None:
         stop.terminated = True
+        if stop.current_seq is None:
+            raise SystemExit(0)  # idle: nothing to finish
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -159,6 +161,8 @@ def worker_main(
                 log.exception("serving model %s failed", model_id)
                 reports.send(("failed", seq, model_id, repr(exc)))
                 raise SystemExit(1) from exc
+            finally:
+                stop.current_seq = None
             reports.send(("done", seq, report.to_dict()))
     except (BrokenPipeError, EOFError):
         log.warning("the scheduler went away; slot worker exits")
