@@ -61,12 +61,6 @@ class AnomalyModel(Protocol):
     def save(self) -> bytes: ...
 
 
-class AnomalyModelClass(Protocol):
-    def __call__(self, model_config: dict) -> AnomalyModel: ...
-
-    def load(self, blob: bytes) -> AnomalyModel: ...
-
-
 def default_model_class() -> Any:
     """ScalarAnomalyModel, imported on first use (its Numba code compiles only in workers)."""
     from htmengine.htm.model import ScalarAnomalyModel
