@@ -167,6 +167,7 @@ TMArrays = namedtuple(
         "upd_len",
         "upd_src",
         # scratch
+        "active_bits",
         "col_flag",
         "col_best",
         "col_best_count",
@@ -357,17 +358,24 @@ def _duty_cycle(seg_pos, seg_dc, seg_dc_it, g, iteration, active, read_only):
 
 
 @njit(cache=True)
-def _is_active(seg_len, seg_nconn, syn_src, syn_perm, flag, g, thr, conn):
-    """``Cells4::isActive``: at least thr synapses of permanence >= conn from the flagged cells."""
+def _is_active(seg_len, seg_nconn, syn_src, syn_perm, bits, g, thr, conn):
+    """``Cells4::isActive``: at least thr synapses of permanence >= conn from the cells set in
+    ``bits`` (a bitset: small enough to stay in L1 while thousands of segments are tested)."""
     n = seg_len[g]
-    if n < thr or seg_nconn[g] < thr:
+    remaining = seg_nconn[g]  # connected synapses not yet looked at
+    if n < thr or remaining < thr:
         return False
     activity = 0
     for j in range(n):
-        if syn_perm[g, j] >= conn and flag[syn_src[g, j]] != 0:
-            activity += 1
-            if activity >= thr:
-                return True
+        if syn_perm[g, j] >= conn:
+            remaining -= 1
+            s = syn_src[g, j]
+            if (bits[s >> 6] >> np.uint64(s & 63)) & np.uint64(1):
+                activity += 1
+                if activity >= thr:
+                    return True
+            elif activity + remaining < thr:
+                return False
     return False
 
 
@@ -817,6 +825,35 @@ def _infer_phase1(a, cols, use_start_cells):
 
 
 @njit(cache=True)
+def _in_cell_slot_order(segs, seg_cell):
+    """Segment ids (ascending) reordered by owning cell, stably: (cell, slot) order, since a
+    cell's slots got increasing ids. LSD radix sort on the cell, 8 bits per pass."""
+    m = segs.shape[0]
+    out = segs.copy()
+    if m < 2:
+        return out
+    max_cell = 0
+    for i in range(m):
+        max_cell = max(max_cell, seg_cell[out[i]])
+    tmp = np.empty(m, dtype=out.dtype)
+    counts = np.empty(257, dtype=np.int64)
+    shift = 0
+    while (max_cell >> shift) > 0:
+        counts[:] = 0
+        for i in range(m):
+            counts[((seg_cell[out[i]] >> shift) & 255) + 1] += 1
+        for b in range(256):
+            counts[b + 1] += counts[b]
+        for i in range(m):
+            d = (seg_cell[out[i]] >> shift) & 255
+            tmp[counts[d]] = out[i]
+            counts[d] += 1
+        out, tmp = tmp, out
+        shift += 8
+    return out
+
+
+@njit(cache=True)
 def _infer_phase2(a):
     a.s[S_WORK_INF_PHASE2] += 1
     thr = a.p[P_ACT_THRESHOLD]
@@ -837,21 +874,20 @@ def _infer_phase2(a):
     seg_nconn = a.seg_nconn
     syn_src = a.syn_src
     syn_perm = a.syn_perm
-    active_flag = st_flag[INF_ACTIVE]
+    bits = a.active_bits
+    members = st_list[INF_ACTIVE]
+    for j in range(st_count[INF_ACTIVE]):
+        cell = members[j]
+        bits[cell >> 6] |= np.uint64(1) << np.uint64(cell & 63)
     conf = a.col_conf[CONF_T]
     col_list = a.col_list[CONF_T]
     n_conf = 0
-    # (cell, slot) order: a cell's slots were created in increasing segment id order
-    n_slots = a.s[S_N_SLOTS]
-    keys = np.empty(m, dtype=np.int64)
-    for i in range(m):
-        g = a.reach_seg[i]
-        keys[i] = np.int64(seg_cell[g]) * n_slots + g
-    keys.sort()
+    segs = _in_cell_slot_order(a.reach_seg[:m], seg_cell)
+    pred_flag = st_flag[INF_PRED]
     n_predicted_cols = 0
     last_predicted_col = -1
     for i in range(m):
-        g = keys[i] % n_slots
+        g = segs[i]
         cell = seg_cell[g]
         c = cell // cpc
         dc = _duty_cycle(seg_pos, seg_dc, seg_dc_it, g, it, False, False)
@@ -859,11 +895,15 @@ def _infer_phase2(a):
             col_list[n_conf] = c
             n_conf += 1
         conf[c] = np.float32(conf[c] + dc)
-        if _is_active(seg_len, seg_nconn, syn_src, syn_perm, active_flag, g, thr, conn):
+        if pred_flag[cell] == 0 and _is_active(
+            seg_len, seg_nconn, syn_src, syn_perm, bits, g, thr, conn
+        ):
             _set_add(st_flag, st_list, st_count, INF_PRED, cell)
             if c != last_predicted_col:
                 n_predicted_cols += 1
                 last_predicted_col = c
+    for j in range(st_count[INF_ACTIVE]):
+        bits[members[j] >> 6] = 0
     a.col_count[CONF_T] = n_conf
     total = np.float32(0.0)
     for j in range(n_conf):

@@ -203,6 +203,7 @@ class BacktrackingTM:
             upd_time=np.zeros(n_cols, dtype=np.int64),
             upd_len=np.zeros(n_cols, dtype=np.int32),
             upd_src=np.zeros((n_cols, stride), dtype=np.int32),
+            active_bits=np.zeros((n_cells + 63) // 64, dtype=np.uint64),
             col_flag=np.zeros(n_cols, dtype=np.uint8),
             col_best=np.full(n_cols, -1, dtype=np.int32),
             col_best_count=np.zeros(n_cols, dtype=np.int32),
