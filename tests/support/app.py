@@ -59,6 +59,8 @@ def _write_overrides(conf_dir: Path, file_name: str, values: dict[str, dict[str,
 class TestApp:
     """Paths, names and ports of one test application."""
 
+    __test__ = False  # a fixture value, not a test class
+
     root: Path
     name: str
     ports: dict[str, int] = field(default_factory=dict)
