@@ -22,6 +22,7 @@ import argparse
 import datetime
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -237,6 +238,7 @@ def run_steady(args: argparse.Namespace) -> None:
         swapper.close()
         results_bus.close()
         drop_database(app)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
