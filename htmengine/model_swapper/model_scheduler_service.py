@@ -29,7 +29,7 @@ from collections.abc import Callable
 import psutil
 
 from htmengine.config import get_model_swapper_config
-from htmengine.instrumentation import SchedulerMetrics, metrics_port, start_metrics_server
+from htmengine.instrumentation import SchedulerMetrics, metrics_port, serve_metrics
 from htmengine.logging_support import setup_logging
 from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("model_scheduler")
     concurrency = configured_concurrency(args.concurrency)
     metrics = SchedulerMetrics()
-    start_metrics_server(metrics_port("model_scheduler"), metrics.registry)
+    serve_metrics(metrics.registry, metrics_port("model_scheduler"))
     while True:
         service = ModelSchedulerService(concurrency, metrics=metrics)
         received = _serve_until_signalled(service)

@@ -48,7 +48,7 @@ from htmengine.htm.params import DEFAULT_VERSION
 from htmengine.instrumentation import (
     AnomalyServiceMetrics,
     metrics_port,
-    start_metrics_server,
+    serve_metrics,
 )
 from htmengine.logging_support import RateLimitedLogger, setup_logging
 from htmengine.model_swapper.model_swapper_interface import (
@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging("anomaly_service")
     config = get_app_config()
     metrics = AnomalyServiceMetrics()
-    start_metrics_server(metrics_port("anomaly_service"), metrics.registry)
+    serve_metrics(metrics.registry, metrics_port("anomaly_service"))
     with MessageBus() as bus, ModelSwapperInterface(bus=bus) as swapper:
         service = AnomalyService(
             bus,

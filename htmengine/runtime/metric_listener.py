@@ -28,8 +28,8 @@ import pika.exceptions
 from htmengine.bus import MessageBus, MessageBusError
 from htmengine.config import Config, ConfigError, get_app_config, get_rabbitmq_config
 from htmengine.exceptions import MessageQueueNotFound
+from htmengine.instrumentation import ListenerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger, setup_logging
-from htmengine.runtime.instrumentation import ListenerMetrics, serve_metrics
 from htmengine.runtime.plaintext_protocol import LINE_TOO_LONG, LineBatcher, normalize_lines
 
 SERVICE_NAME = "metric_listener"

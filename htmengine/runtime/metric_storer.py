@@ -39,9 +39,9 @@ import tenacity
 
 from htmengine.bus import Message, MessageBus, rejected_queue_name
 from htmengine.config import ConfigError, get_app_config, get_rabbitmq_config
+from htmengine.instrumentation import StorerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger, setup_logging
 from htmengine.repository import get_engine
-from htmengine.runtime.instrumentation import StorerMetrics, serve_metrics
 from htmengine.runtime.metric_streamer import (
     MetricStreamer,
     MissingMetricsError,

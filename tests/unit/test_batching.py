@@ -196,7 +196,7 @@ class FakeTransport:
 
 
 def _ingest(max_buffered_lines: int, max_connections: int = 10, idle_timeout_sec: float = 300):
-    from htmengine.runtime.instrumentation import ListenerMetrics
+    from htmengine.instrumentation import ListenerMetrics
     from htmengine.runtime.metric_listener import Ingest
 
     settings = SimpleNamespace(

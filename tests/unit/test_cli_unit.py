@@ -35,7 +35,7 @@ from htmengine.instrumentation import (
     AnomalyServiceMetrics,
     SchedulerMetrics,
     metrics_port,
-    start_metrics_server,
+    serve_metrics,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -298,7 +298,7 @@ def test_scrape_reads_what_start_metrics_server_serves() -> None:
     scheduler.swaps.inc(7)
     scheduler.batch_seconds.observe(0.5)
     port = free_port()
-    start_metrics_server(port, scheduler.registry)
+    serve_metrics(scheduler.registry, port)
     values = scrape_metrics(port)
     assert values["htmengine_scheduler_models_running"] == 3
     assert values["htmengine_scheduler_swaps_total"] == 7
@@ -307,7 +307,7 @@ def test_scrape_reads_what_start_metrics_server_serves() -> None:
 
     anomaly = AnomalyServiceMetrics()
     port = free_port()
-    start_metrics_server(port, anomaly.registry)
+    serve_metrics(anomaly.registry, port)
     # A labelled counter nobody incremented yet still reads as zero.
     assert scrape_metrics(port)["htmengine_anomaly_batches_rejected_total"] == 0
 
