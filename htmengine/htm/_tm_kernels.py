@@ -12,9 +12,13 @@ Layout
 * Synapses of ``g`` are ``syn_src[g, :seg_len[g]]`` (ascending source cell) and ``syn_perm[g, ...]``
   (float32). The stride is ``max_synapses_per_segment + new_synapse_count``: v0.5.6's stale freeing
   can leave a segment above 32 synapses, and that is the bound of how far.
-* Cell slot lists and the forward index (per source cell: the ``g`` of every segment holding a synapse
-  from it) are variable-length lists in a pool (``*_start``, ``*_len``, ``*_cap``, ``*_pool``); a
-  full list moves to the end of the pool with twice the room, and the pool is compacted when full.
+* Cell slot lists and the forward index (per source cell, one entry ``2 * g + connected`` per
+  synapse from it) are variable-length lists in a pool (``*_start``, ``*_len``, ``*_cap``,
+  ``*_pool``); a full list moves to the end of the pool with twice the room, and the pool is
+  compacted when full. The connected bit lets one pass over the forward index give both the
+  activity count (any permanence) and the active test (connected synapses) of every segment;
+  only a segment that kept a synapse whose entry a stale free erased (``seg_stale``) is tested
+  by walking its synapses, as NuPIC does for all.
 * Cell states are sets: a dense flag row and the list of members (``st_*[k]``), so clearing and
   copying cost the number of members, not the number of cells.
 """
@@ -144,8 +148,11 @@ TMArrays = namedtuple(
         "fwd_pool",
         # activity counts scratch
         "seg_count",
+        "seg_conn_count",
+        "seg_stale",
         "reach_seg",
         "reach_count",
+        "reach_connected",
         # cell state sets
         "st_flag",
         "st_list",
@@ -179,6 +186,7 @@ TMArrays = namedtuple(
         "scr_removed",
         "scr_upd",
         "scr_pos",
+        "scr_flip",
         "scr_key",
         "scr_delete",
         "scr_on",
@@ -309,22 +317,47 @@ def _pool_append(s, start, length, cap, pool, used_key, lst, value):
 
 
 @njit(cache=True)
-def _fwd_add(s, fwd_start, fwd_len, fwd_cap, fwd_pool, src, g):
-    _pool_append(s, fwd_start, fwd_len, fwd_cap, fwd_pool, S_FWD_POOL_USED, src, g)
+def _fwd_add(s, fwd_start, fwd_len, fwd_cap, fwd_pool, src, g, connected):
+    """Forward entry of segment g for src; an entry is ``2 * g + connected``."""
+    _pool_append(s, fwd_start, fwd_len, fwd_cap, fwd_pool, S_FWD_POOL_USED, src, 2 * g + connected)
     s[S_FWD_ENTRIES] += 1
+
+
+@njit(cache=True)
+def _fwd_find(fwd_start, fwd_len, fwd_pool, src, g):
+    """Pool position of src's entry for segment g, or -1."""
+    s0 = fwd_start[src]
+    for e in range(s0, s0 + fwd_len[src]):
+        if fwd_pool[e] >> 1 == g:
+            return e
+    return -1
 
 
 @njit(cache=True)
 def _fwd_erase(s, fwd_start, fwd_len, fwd_pool, src, g):
     """Erase the entry of segment g from src's list, if any (swap with the last, like NuPIC)."""
-    s0 = fwd_start[src]
-    n = fwd_len[src]
-    for j in range(n):
-        if fwd_pool[s0 + j] == g:
-            fwd_pool[s0 + j] = fwd_pool[s0 + n - 1]
-            fwd_len[src] = n - 1
-            s[S_FWD_ENTRIES] -= 1
-            return
+    e = _fwd_find(fwd_start, fwd_len, fwd_pool, src, g)
+    if e >= 0:
+        n = fwd_len[src]
+        fwd_pool[e] = fwd_pool[fwd_start[src] + n - 1]
+        fwd_len[src] = n - 1
+        s[S_FWD_ENTRIES] -= 1
+
+
+@njit(cache=True)
+def _position_in_segment(syn_src, n, g, src):
+    """Position of src among segment g's n (sorted) synapses, or -1."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if syn_src[g, mid] < src:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < n and syn_src[g, lo] == src:
+        return lo
+    return -1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,6 +467,7 @@ def _create_segment(a, cell, src, n, seq_flag):
     a.seg_len[g] = n
     a.seg_nconn[g] = nconn
     a.seg_seq[g] = seq_flag
+    a.seg_stale[g] = 0
     a.seg_dc[g] = np.float32(1.0 / it)
     a.seg_dc_it[g] = it
     a.seg_last_active[g] = it
@@ -442,7 +476,16 @@ def _create_segment(a, cell, src, n, seq_flag):
     a.s[S_N_SEGMENTS] += 1
     a.s[S_N_SYNAPSES] += n
     for j in range(n):
-        _fwd_add(a.s, a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, src[j], g)
+        _fwd_add(
+            a.s,
+            a.fwd_start,
+            a.fwd_len,
+            a.fwd_cap,
+            a.fwd_pool,
+            src[j],
+            g,
+            int(init >= a.pf[PF_CONNECTED]),
+        )
 
 
 @njit(cache=True)
@@ -494,6 +537,8 @@ def _adapt_existing(a, g, upd, n_upd):
 
     removed = a.scr_removed
     n_removed = 0
+    flipped = a.scr_flip  # sources whose connected status changed (forward entry bit to fix)
+    n_flipped = 0
 
     # decrement pass: in place, then compaction that leaves the tail as it is
     minus_dec = -a.pf[PF_DEC]
@@ -510,6 +555,9 @@ def _adapt_existing(a, g, upd, n_upd):
                 removed[n_removed] = src[j]
                 n_removed += 1
                 continue
+            if (p >= conn) != (old >= conn):
+                flipped[n_flipped] = src[j]
+                n_flipped += 1
         src[w] = src[j]
         perm[w] = perm[j]
         w += 1
@@ -526,6 +574,9 @@ def _adapt_existing(a, g, upd, n_upd):
         p = min(np.float32(old + plus_inc), pmax)
         perm[j] = p
         nconn += int(p >= conn) - int(old >= conn)
+        if (p >= conn) != (old >= conn):
+            flipped[n_flipped] = target
+            n_flipped += 1
 
     # freeing: keys read at the positions recorded before the decrement pass
     max_syn = a.p[P_MAX_SYNAPSES]
@@ -598,12 +649,20 @@ def _adapt_existing(a, g, upd, n_upd):
         nconn += n_new
     a.s[S_N_SYNAPSES] += final_len - old_len
     a.seg_len[g] = final_len
+    new_connected = int(init >= conn)
     for k in range(n_new):
-        _fwd_add(a.s, a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, new[k], g)
+        _fwd_add(a.s, a.fwd_start, a.fwd_len, a.fwd_cap, a.fwd_pool, new[k], g, new_connected)
 
-    if n_removed > 0:
-        for k in range(n_removed):
-            _fwd_erase(a.s, a.fwd_start, a.fwd_len, a.fwd_pool, removed[k], g)
+    for k in range(n_removed):
+        _fwd_erase(a.s, a.fwd_start, a.fwd_len, a.fwd_pool, removed[k], g)
+        if _position_in_segment(a.syn_src, final_len, g, removed[k]) >= 0:
+            a.seg_stale[g] = 1  # a synapse without forward entry: count it by scanning
+    for k in range(n_flipped):
+        j = _position_in_segment(a.syn_src, final_len, g, flipped[k])
+        if j >= 0:
+            e = _fwd_find(a.fwd_start, a.fwd_len, a.fwd_pool, flipped[k], g)
+            if e >= 0:
+                a.fwd_pool[e] = 2 * g + int(a.syn_perm[g, j] >= conn)
     if n_removed > 0 or freed_any:
         nconn = 0
         for j in range(final_len):
@@ -759,10 +818,12 @@ def _count_active_segments(a, k, threshold):
     """Segments with at least ``threshold`` synapses (any permanence) from the members of set k.
 
     Counts come from the forward index, so a synapse whose forward entry a stale free erased does
-    not count (§4.4). Returns how many segments qualified; their ids (ascending) and counts are in
-    ``reach_seg`` / ``reach_count``.
+    not count (§4.4). Returns how many segments qualified; their ids (ascending), counts and
+    counts of connected synapses (from the entries' connected bit) are in ``reach_seg``,
+    ``reach_count`` and ``reach_connected``.
     """
     counts = a.seg_count
+    connected_counts = a.seg_conn_count
     fwd_start = a.fwd_start
     fwd_len = a.fwd_len
     fwd_pool = a.fwd_pool
@@ -774,11 +835,15 @@ def _count_active_segments(a, k, threshold):
         n = fwd_len[src]
         visited += n
         for e in range(s0, s0 + n):
-            counts[fwd_pool[e]] += 1
+            entry = fwd_pool[e]
+            counts[entry >> 1] += 1
+            connected_counts[entry >> 1] += entry & 1
     a.s[S_WORK_FWD_ENTRIES] += visited
     reach_seg = a.reach_seg
     reach_count = a.reach_count
+    reach_connected = a.reach_connected
     words = counts.view(np.uint64)  # scan 8 segments at a time; most are untouched
+    connected_words = connected_counts.view(np.uint64)
     m = 0
     for w in range((a.s[S_N_SLOTS] + 7) // 8):
         if words[w] != 0:
@@ -787,8 +852,10 @@ def _count_active_segments(a, k, threshold):
                 if c >= threshold:
                     reach_seg[m] = g
                     reach_count[m] = c
+                    reach_connected[m] = connected_counts[g]
                     m += 1
             words[w] = 0
+            connected_words[w] = 0
     return m
 
 
@@ -826,26 +893,24 @@ def _infer_phase1(a, cols, use_start_cells):
 
 @njit(cache=True)
 def _in_cell_slot_order(segs, seg_cell):
-    """Segment ids (ascending) reordered by owning cell, stably: (cell, slot) order, since a
-    cell's slots got increasing ids. LSD radix sort on the cell, 8 bits per pass."""
+    """Positions into ``segs`` (ascending ids) in (cell, slot) order: a stable sort by owning
+    cell, as a cell's slots got increasing ids. LSD radix sort, 8 bits of the cell per pass."""
     m = segs.shape[0]
-    out = segs.copy()
-    if m < 2:
-        return out
+    out = np.arange(m)
     max_cell = 0
     for i in range(m):
-        max_cell = max(max_cell, seg_cell[out[i]])
-    tmp = np.empty(m, dtype=out.dtype)
+        max_cell = max(max_cell, seg_cell[segs[i]])
+    tmp = np.empty(m, dtype=np.int64)
     counts = np.empty(257, dtype=np.int64)
     shift = 0
     while (max_cell >> shift) > 0:
         counts[:] = 0
         for i in range(m):
-            counts[((seg_cell[out[i]] >> shift) & 255) + 1] += 1
+            counts[((seg_cell[segs[out[i]]] >> shift) & 255) + 1] += 1
         for b in range(256):
             counts[b + 1] += counts[b]
         for i in range(m):
-            d = (seg_cell[out[i]] >> shift) & 255
+            d = (seg_cell[segs[out[i]]] >> shift) & 255
             tmp[counts[d]] = out[i]
             counts[d] += 1
         out, tmp = tmp, out
@@ -882,12 +947,16 @@ def _infer_phase2(a):
     conf = a.col_conf[CONF_T]
     col_list = a.col_list[CONF_T]
     n_conf = 0
-    segs = _in_cell_slot_order(a.reach_seg[:m], seg_cell)
+    reach_seg = a.reach_seg
+    reach_connected = a.reach_connected
+    seg_stale = a.seg_stale
+    order = _in_cell_slot_order(reach_seg[:m], seg_cell)
     pred_flag = st_flag[INF_PRED]
     n_predicted_cols = 0
     last_predicted_col = -1
     for i in range(m):
-        g = segs[i]
+        position = order[i]
+        g = reach_seg[position]
         cell = seg_cell[g]
         c = cell // cpc
         dc = _duty_cycle(seg_pos, seg_dc, seg_dc_it, g, it, False, False)
@@ -895,9 +964,14 @@ def _infer_phase2(a):
             col_list[n_conf] = c
             n_conf += 1
         conf[c] = np.float32(conf[c] + dc)
-        if pred_flag[cell] == 0 and _is_active(
-            seg_len, seg_nconn, syn_src, syn_perm, bits, g, thr, conn
-        ):
+        if pred_flag[cell] != 0:
+            continue  # already predicted: the active test would change nothing
+        if seg_stale[g] != 0:
+            # a synapse lost its forward entry (§4.4): the active test must walk the segment
+            active = _is_active(seg_len, seg_nconn, syn_src, syn_perm, bits, g, thr, conn)
+        else:
+            active = reach_connected[position] >= thr
+        if active:
             _set_add(st_flag, st_list, st_count, INF_PRED, cell)
             if c != last_predicted_col:
                 n_predicted_cols += 1
@@ -1348,7 +1422,7 @@ def _missing_forward_entries(a, total):
     for src in range(n_src):
         s0 = a.fwd_start[src]
         for e in range(s0, s0 + a.fwd_len[src]):
-            counts[a.fwd_pool[e] + 1] += 1
+            counts[(a.fwd_pool[e] >> 1) + 1] += 1
     for g in range(n):
         counts[g + 1] += counts[g]
     bucket = np.empty(counts[n], dtype=np.int32)
@@ -1356,7 +1430,7 @@ def _missing_forward_entries(a, total):
     for src in range(n_src):
         s0 = a.fwd_start[src]
         for e in range(s0, s0 + a.fwd_len[src]):
-            g = a.fwd_pool[e]
+            g = a.fwd_pool[e] >> 1
             bucket[fill[g]] = src
             fill[g] += 1
     missing = np.empty(total - counts[n], dtype=np.int64)
@@ -1410,11 +1484,14 @@ def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing):
         cell = a.seg_cell[g]
         a.slot_pool[a.cell_slot_start[cell] + a.cell_slot_len[cell]] = g
         a.cell_slot_len[cell] += 1
-        for _ in range(seg_len[g]):
+        a.seg_stale[g] = 0
+        for j in range(seg_len[g]):
             if has_entry[flat]:
                 s = src[flat]
-                a.fwd_pool[a.fwd_start[s] + a.fwd_len[s]] = g
+                a.fwd_pool[a.fwd_start[s] + a.fwd_len[s]] = 2 * g + int(a.syn_perm[g, j] >= conn)
                 a.fwd_len[s] += 1
+            else:
+                a.seg_stale[g] = 1
             flat += 1
     a.s[S_FWD_ENTRIES] = src.shape[0] - missing.shape[0]
     a.s[S_N_SLOTS] = n
