@@ -10,7 +10,8 @@ Layout under the root of model-checkpoint.conf ``[storage] root``::
     <root>/<modelID>/current            symlink to the active store directory
     <root>/<modelID>/store_<n>/model.bin        ScalarAnomalyModel.save() blob (absent: a model
                                                 freshly built from the definition)
-    <root>/<modelID>/store_<n>/attributes.json  {"batchIDs": [...]} folded into model.bin
+    <root>/<modelID>/store_<n>/attributes.json  {"batchIDs": [...], "lastRowid": n} folded
+                                                into model.bin
     <root>/<modelID>/store_<n>/journal.bin      input rows since model.bin, appended per run
 
 A *full* save writes a new store in ``.scratch`` (fsync each file and the directory), renames it
@@ -20,9 +21,13 @@ fsyncs again and only then deletes the old store. An *incremental* save appends 
 whole model. A load replays the journal's rows through the model, so the two are equivalent.
 
 Journal record: ``b"HJ" | u32 payload length | u32 crc32(payload) | payload`` (big-endian), payload
-= UTF-8 JSON ``{"b": [batch ids], "r": [[epoch seconds, microseconds, value], ...]}``. A torn or
-corrupt tail (crash mid-append) ends the journal; its run was never acked, so the broker delivers
-it again, and the next append overwrites the tail.
+= UTF-8 JSON ``{"b": [batch ids], "r": [[epoch seconds, microseconds, value], ...], "w": n}``. A
+torn or corrupt tail (crash mid-append) ends the journal; its run was never acked, so the broker
+delivers it again, and the next append overwrites the tail.
+
+``lastRowid`` / ``"w"`` is the highest input rowid folded into the model so far (absent: none). The
+runner skips input rows at or below it: rows reach a model in rowid order, so a row at or below
+the mark was already run (a re-forward after a storer crash, a repeated activation hand-off).
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class Checkpoint:
     journal_records: int = 0
     bytes_read: int = 0
     batch_id_history: list[str] = field(default_factory=list)
+    last_rowid: int | None = None
 
 
 def _fsync_dir(path: str) -> None:
@@ -115,16 +121,22 @@ def _row_from_state(state: Sequence) -> InputRow:
     return _EPOCH + datetime.timedelta(seconds=seconds, microseconds=microseconds), value
 
 
-def encode_journal_record(batch_ids: Sequence[str], rows: Sequence[InputRow]) -> bytes:
-    """One framed journal record."""
-    payload = json.dumps(
-        {"b": list(batch_ids), "r": [_row_state(row) for row in rows]}, separators=(",", ":")
-    ).encode("utf-8")
+def encode_journal_record(
+    batch_ids: Sequence[str], rows: Sequence[InputRow], last_rowid: int | None = None
+) -> bytes:
+    """One framed journal record (`last_rowid`: the model's input rowid mark after it)."""
+    state: dict = {"b": list(batch_ids), "r": [_row_state(row) for row in rows]}
+    if last_rowid is not None:
+        state["w"] = last_rowid
+    payload = json.dumps(state, separators=(",", ":")).encode("utf-8")
     return _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_journal(data: bytes) -> tuple[list[tuple[list[str], list[InputRow]]], int]:
-    """The intact records of a journal and the byte length they cover (a torn tail is dropped)."""
+def decode_journal(
+    data: bytes,
+) -> tuple[list[tuple[list[str], list[InputRow], int | None]], int]:
+    """The intact records of a journal, as (batch ids, rows, rowid mark), and the byte length
+    they cover (a torn tail is dropped)."""
     records = []
     offset = 0
     while offset + _RECORD_HEADER.size <= len(data):
@@ -137,9 +149,11 @@ def decode_journal(data: bytes) -> tuple[list[tuple[list[str], list[InputRow]]],
             state = json.loads(payload)
             rows = [_row_from_state(row) for row in state["r"]]
             batch_ids = [str(b) for b in state["b"]]
+            mark = state.get("w")
+            last_rowid = int(mark) if mark is not None else None
         except (ValueError, KeyError, TypeError):
             break
-        records.append((batch_ids, rows))
+        records.append((batch_ids, rows, last_rowid))
         offset = start + length
     return records, offset
 
@@ -285,10 +299,13 @@ class CheckpointManager:
         bytes_read += len(journal)
         records, length = decode_journal(journal)
         history = [str(b) for b in attributes.get("batchIDs", [])]
+        last_rowid = attributes.get("lastRowid")
         rows: list[InputRow] = []
-        for batch_ids, record_rows in records:
+        for batch_ids, record_rows, record_mark in records:
             history.extend(batch_ids)
             rows.extend(record_rows)
+            if record_mark is not None:
+                last_rowid = record_mark
         return Checkpoint(
             model_id=model_id,
             definition=definition,
@@ -300,16 +317,24 @@ class CheckpointManager:
             journal_records=len(records),
             bytes_read=bytes_read,
             batch_id_history=history,
+            last_rowid=last_rowid,
         )
 
     def append(
-        self, checkpoint: Checkpoint, batch_ids: Sequence[str], rows: Sequence[InputRow]
+        self,
+        checkpoint: Checkpoint,
+        batch_ids: Sequence[str],
+        rows: Sequence[InputRow],
+        last_rowid: int | None = None,
     ) -> int:
         """Incremental save: append one record to the active journal; returns bytes written.
 
-        Updates `checkpoint` in place so that further appends and saves continue from it.
+        `last_rowid` is the model's input rowid mark after these rows (None: unchanged). Updates
+        `checkpoint` in place so that further appends and saves continue from it.
         """
-        record = encode_journal_record(batch_ids, rows)
+        if last_rowid is None:
+            last_rowid = checkpoint.last_rowid
+        record = encode_journal_record(batch_ids, rows, last_rowid)
         path = os.path.join(checkpoint.store_dir, _JOURNAL_FILE)
         with open(path, "r+b") as fh:
             fh.seek(checkpoint.journal_length)
@@ -322,11 +347,20 @@ class CheckpointManager:
         checkpoint.journal_rows.extend(rows)
         checkpoint.batch_ids.update(batch_ids)
         checkpoint.batch_id_history.extend(batch_ids)
+        checkpoint.last_rowid = last_rowid
         return len(record)
 
-    def save_full(self, checkpoint: Checkpoint, model_blob: bytes, batch_ids: Iterable[str]) -> int:
+    def save_full(
+        self,
+        checkpoint: Checkpoint,
+        model_blob: bytes,
+        batch_ids: Iterable[str],
+        last_rowid: int | None = None,
+    ) -> int:
         """Full save: a new store holding `model_blob`; the journal starts empty. Returns bytes
-        written. Updates `checkpoint` in place."""
+        written. `last_rowid` as for `append`. Updates `checkpoint` in place."""
+        if last_rowid is None:
+            last_rowid = checkpoint.last_rowid
         history = (checkpoint.batch_id_history + list(batch_ids))[-MAX_REMEMBERED_BATCH_IDS:]
         entry = self.entry_dir(checkpoint.model_id)
         if not os.path.isdir(entry):
@@ -335,7 +369,7 @@ class CheckpointManager:
         sequence = int(old_store[len(_STORE_PREFIX) :]) + 1
         store_name = f"{_STORE_PREFIX}{sequence}"
         build = self._scratch_path(store_name)
-        written = self._build_store(build, model_blob, history)
+        written = self._build_store(build, model_blob, history, last_rowid)
         store_dir = os.path.join(entry, store_name)
         os.rename(build, store_dir)
         self._point_current(entry, store_name)
@@ -347,16 +381,22 @@ class CheckpointManager:
         checkpoint.journal_rows = []
         checkpoint.batch_id_history = history
         checkpoint.batch_ids = set(history)
+        checkpoint.last_rowid = last_rowid
         return written
 
     @staticmethod
-    def _build_store(path: str, model_blob: bytes | None, batch_ids: list[str]) -> int:
+    def _build_store(
+        path: str, model_blob: bytes | None, batch_ids: list[str], last_rowid: int | None = None
+    ) -> int:
         os.makedirs(path)
         written = 0
         if model_blob is not None:
             _write_file(os.path.join(path, _MODEL_FILE), model_blob)
             written += len(model_blob)
-        attributes = json.dumps({"batchIDs": batch_ids}).encode("utf-8")
+        state: dict = {"batchIDs": batch_ids}
+        if last_rowid is not None:
+            state["lastRowid"] = last_rowid
+        attributes = json.dumps(state).encode("utf-8")
         _write_file(os.path.join(path, _ATTRIBUTES_FILE), attributes)
         open(os.path.join(path, _JOURNAL_FILE), "wb").close()  # empty: the dir fsync persists it
         _fsync_dir(path)

@@ -19,6 +19,14 @@ processed again from the previous checkpoint, giving the same scores for the sam
 anomaly service drops results for rows that already have a score. Batches whose checkpoint was
 written but whose ack was lost are skipped without results.
 
+Input rows are idempotent too: the checkpoint keeps the highest input rowid folded into the model
+(``lastRowid``), and rows at or below it are skipped without a result (counted as
+``skipped_rows``). Every model receives its input in rowid order (the storer forwards after each
+commit, one batch after the other; a model start sends defineModel + backlog atomically and the
+anomaly service forwards the rows stored during creation under the metric row lock before the
+metric becomes ACTIVE), so a row at or below the mark was already run: the storer's re-forward of
+rows whose forwarding a crash may have lost, or a repeated activation hand-off.
+
 The model itself (``htmengine.htm.model.ScalarAnomalyModel``) is built lazily on the first input row:
 from ``model.bin`` plus a replay of the journal, or from the stored definition.
 """
@@ -146,6 +154,7 @@ class ServeReport:
     batches: int = 0
     duplicate_batches: int = 0
     rows: int = 0
+    skipped_rows: int = 0
     failed_rows: int = 0
     loads: int = 0
     replayed_rows: int = 0
@@ -170,6 +179,12 @@ class _Session:
         self.model: AnomalyModel | None = None
         self.unusable: str | None = None
         self.deleted = False
+        # Highest input rowid folded into the model, this run's rows included.
+        self.last_rowid: int | None = None
+
+    def use_checkpoint(self, checkpoint: Checkpoint | None) -> None:
+        self.checkpoint = checkpoint
+        self.last_rowid = checkpoint.last_rowid if checkpoint is not None else None
 
 
 class ModelRunner:
@@ -243,13 +258,19 @@ class ModelRunner:
                     break
                 if should_yield():
                     break
+        if report.skipped_rows:
+            _log.info(
+                "model %s: skipped %d input row(s) it had already run",
+                model_id,
+                report.skipped_rows,
+            )
         return report
 
     def _read_checkpoint(self, session: _Session) -> None:
         try:
-            session.checkpoint = self.checkpoints.load(session.model_id)
+            session.use_checkpoint(self.checkpoints.load(session.model_id))
         except ModelNotFound:
-            session.checkpoint = None
+            session.use_checkpoint(None)
         except Exception as exc:  # a corrupt entry makes the model unusable, not the worker
             _log.exception("checkpoint of model %s is unreadable", session.model_id)
             session.unusable = error_message("load checkpoint", session.model_id, exc)
@@ -318,6 +339,9 @@ class ModelRunner:
                 if session.deleted:
                     break
             elif isinstance(item, ModelInputRow):
+                if session.last_rowid is not None and item.rowID <= session.last_rowid:
+                    report.skipped_rows += 1
+                    continue
                 result = self._row(session, item, run_rows, report)
                 results.append(result)
                 report.rows += 1
@@ -386,6 +410,7 @@ class ModelRunner:
                 row.rowID, exceptions.ERR, errorMessage=error_message("run", session.model_id, exc)
             )
         run_rows.append((timestamp, value))
+        session.last_rowid = row.rowID
         return ModelInferenceResult(row.rowID, exceptions.SUCCESS, score)
 
     # --- commands ---------------------------------------------------------------------------------
@@ -446,7 +471,7 @@ class ModelRunner:
                 errorMessage=error_message(command.method, session.model_id, exc),
             )
         if created or session.checkpoint is None:
-            session.checkpoint = self.checkpoints.load(session.model_id)
+            session.use_checkpoint(self.checkpoints.load(session.model_id))
             session.model = None
             session.unusable = None
         _log.info("defined model %s (%s)", session.model_id, "new" if created else "unchanged")
@@ -501,12 +526,14 @@ class ModelRunner:
         started = time.perf_counter()
         journal_rows = len(checkpoint.journal_rows) + len(rows)
         if session.model is not None and self.full_save_due(journal_rows, session.model_id):
-            written = self.checkpoints.save_full(checkpoint, session.model.save(), batch_ids)
+            written = self.checkpoints.save_full(
+                checkpoint, session.model.save(), batch_ids, session.last_rowid
+            )
             self.full_save_ms.add((time.perf_counter() - started) * 1000.0)
             report.full_saves += 1
             report.full_save_bytes += written
         else:
-            written = self.checkpoints.append(checkpoint, batch_ids, rows)
+            written = self.checkpoints.append(checkpoint, batch_ids, rows, session.last_rowid)
             report.incremental_saves += 1
             report.incremental_save_bytes += written
         report.save_ms += (time.perf_counter() - started) * 1000.0

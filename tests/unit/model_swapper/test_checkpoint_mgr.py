@@ -146,3 +146,18 @@ def test_root_must_be_absolute_after_expansion(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CKPT_TEST_DIR", "relative")
     with pytest.raises(ConfigError):
         checkpoint_root(Config("model-checkpoint.conf", str(tmp_path)))
+
+
+def test_the_rowid_mark_survives_appends_full_saves_and_clones(mgr) -> None:
+    mgr.define("m1", DEFINITION)
+    checkpoint = mgr.load("m1")
+    assert checkpoint.last_rowid is None
+    mgr.append(checkpoint, ["b1"], rows(2), last_rowid=2)
+    assert mgr.load("m1").last_rowid == 2
+    mgr.append(checkpoint, ["b2"], [])  # no rows: the mark stays
+    assert mgr.load("m1").last_rowid == 2
+    mgr.save_full(checkpoint, b"blob", ["b3"], last_rowid=7)
+    assert mgr.load("m1").last_rowid == 7
+    mgr.append(checkpoint, ["b4"], rows(1), last_rowid=8)
+    mgr.clone("m1", "m2")
+    assert mgr.load("m1").last_rowid == 8 and mgr.load("m2").last_rowid == 8

@@ -261,3 +261,22 @@ def test_an_unreadable_checkpoint_makes_rows_fail_with_a_message_not_the_runner(
     assert [r.status for r in failed] == [exceptions.ERR, exceptions.ERR]
     assert "load model" in failed[0].errorMessage and report.failed_rows == 2
     assert not harness.bus.queues["in.m"] and all(m.acked for _, m in harness.bus.taken)
+
+
+def test_rows_at_or_below_the_checkpointed_rowid_mark_are_skipped(tmp_path) -> None:
+    """Forwarding rows again (a storer re-forward after a crash) changes no score: the runner
+    skips what it already ran, across swaps, journal appends and full saves."""
+    harness = Harness(tmp_path, full_rows=4)
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 3))
+    harness.runner.serve("m", never)  # journal append (3 rows < 4)
+    harness.swapper.submitRequests("m", input_rows(2, 4))  # 2, 3 again, then 4, 5
+    report = harness.runner.serve("m", never)  # full save (5 rows >= 4)
+    assert report.skipped_rows == 2 and report.rows == 2 and report.full_saves == 1
+    harness.swapper.submitRequests("m", input_rows(1, 6))  # 1-5 again, then 6
+    report = harness.runner.serve("m", never)
+    assert report.skipped_rows == 5 and report.rows == 1
+    assert harness.checkpoints.load("m").last_rowid == 6
+    results = harness.inference_results()
+    assert [r.rowID for r in results] == [1, 2, 3, 4, 5, 6]
+    assert [r.anomalyScore for r in results] == expected_scores([1, 2, 3, 4, 5, 6])
