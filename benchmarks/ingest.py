@@ -26,11 +26,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _suite import scrape_metrics as counters  # noqa: E402
+from _suite import start_supervised  # noqa: E402
 
 BASE_TS = 1_370_000_000
 INSERT_ROWS_PER_STATEMENT = 1000
@@ -44,16 +46,6 @@ def make_lines(count: int, metrics: int) -> list[bytes]:
         b"bench.metric.%d %d.%d %d" % (i % metrics, i % 997, i % 10, BASE_TS + i // metrics)
         for i in range(count)
     ]
-
-
-def counters(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            values[key] = float(value)
-    return values
 
 
 def parse_ceilings(lines: list[bytes]) -> tuple[float, float]:
@@ -189,19 +181,9 @@ def run_pipeline(app, lines: list[bytes]) -> dict[str, float]:
 
 def start_services(app):
     """supervisord with the listener and the storer, as the integration tests run them."""
-    from tests.support.app import Supervisor
-
-    supervisor = Supervisor(app, ["metric_listener", "metric_storer"])
-    supervisor.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            counters(app.ports["listener_metrics"])
-            return supervisor
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return start_supervised(
+        app, ["metric_listener", "metric_storer"], [app.ports["listener_metrics"]], timeout=30
+    )
 
 
 def main() -> int:
