@@ -102,7 +102,12 @@ def run_model(nab_dir: Path, relative: str) -> None:
         f"TM: {tm_seconds:.2f} s ({100 * tm_seconds / elapsed:.0f}%) = "
         f"{n / tm_seconds:,.0f} records/s (TM only)"
     )
+    t0 = time.perf_counter()
     tm_state = model.tm.get_state()
+    tm_save_ms = 1000 * (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    BacktrackingTM.from_state(tm_state)
+    tm_load_ms = 1000 * (time.perf_counter() - t0)
     t0 = time.perf_counter()
     blob = model.save()
     save_ms = 1000 * (time.perf_counter() - t0)
@@ -111,7 +116,8 @@ def run_model(nab_dir: Path, relative: str) -> None:
     load_ms = 1000 * (time.perf_counter() - t0)
     print(
         f"segments {model.tm.n_segments:,}  synapses {model.tm.n_synapses:,}  "
-        f"TM state {state_bytes(tm_state):,} bytes"
+        f"TM state {state_bytes(tm_state):,} bytes (get_state {tm_save_ms:.0f} ms, "
+        f"from_state {tm_load_ms:.0f} ms)"
     )
     print(f"model checkpoint {len(blob):,} bytes (save {save_ms:.0f} ms, load {load_ms:.0f} ms)")
 

@@ -278,7 +278,15 @@ class BacktrackingTM:
     # checkpoint
 
     def get_state(self) -> dict[str, Any]:
-        """Everything needed to continue bit-identically, in the narrowest exact dtypes."""
+        """Everything needed to continue bit-identically, in the narrowest exact dtypes.
+
+        Saved: slot layout (segment ids are (cell, slot)), LIFO free lists, synapses in order
+        with their f32 permanences (as an index into the table of distinct values), which
+        synapses lost their forward entry, counters and duty-cycle caches, the t cell states,
+        column confidences, both pattern queues, pending segment updates, scalars and the RNG.
+        Not saved, because every step overwrites them before reading: the t-1, backup and
+        candidate cell states, cell confidences (nothing reads them) and all scratch arrays.
+        """
         a = self._a
         c = self._config
         n_cells = c["num_columns"] * c["cells_per_column"]
