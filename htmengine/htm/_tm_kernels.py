@@ -148,7 +148,6 @@ TMArrays = namedtuple(
         "fwd_pool",
         # activity counts scratch
         "seg_count",
-        "seg_conn_count",
         "seg_stale",
         "reach_seg",
         "reach_count",
@@ -822,8 +821,7 @@ def _count_active_segments(a, k, threshold):
     counts of connected synapses (from the entries' connected bit) are in ``reach_seg``,
     ``reach_count`` and ``reach_connected``.
     """
-    counts = a.seg_count
-    connected_counts = a.seg_conn_count
+    counts = a.seg_count  # low byte: synapses of any permanence; high byte: connected ones
     fwd_start = a.fwd_start
     fwd_len = a.fwd_len
     fwd_pool = a.fwd_pool
@@ -836,26 +834,23 @@ def _count_active_segments(a, k, threshold):
         visited += n
         for e in range(s0, s0 + n):
             entry = fwd_pool[e]
-            counts[entry >> 1] += 1
-            connected_counts[entry >> 1] += entry & 1
+            counts[entry >> 1] += 1 + ((entry & 1) << 8)
     a.s[S_WORK_FWD_ENTRIES] += visited
     reach_seg = a.reach_seg
     reach_count = a.reach_count
     reach_connected = a.reach_connected
-    words = counts.view(np.uint64)  # scan 8 segments at a time; most are untouched
-    connected_words = connected_counts.view(np.uint64)
+    words = counts.view(np.uint64)  # scan 4 segments at a time; most are untouched
     m = 0
-    for w in range((a.s[S_N_SLOTS] + 7) // 8):
+    for w in range((a.s[S_N_SLOTS] + 3) // 4):
         if words[w] != 0:
-            for g in range(8 * w, 8 * w + 8):
-                c = counts[g]
+            for g in range(4 * w, 4 * w + 4):
+                c = counts[g] & 255
                 if c >= threshold:
                     reach_seg[m] = g
                     reach_count[m] = c
-                    reach_connected[m] = connected_counts[g]
+                    reach_connected[m] = counts[g] >> 8
                     m += 1
             words[w] = 0
-            connected_words[w] = 0
     return m
 
 

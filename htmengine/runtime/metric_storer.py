@@ -11,18 +11,28 @@ Consumes ``[metric_listener] queue_name`` with prefetch and stores many messages
 4. one transaction locks the metrics, scrubs (drops samples not newer than the newest stored one),
    allocates contiguous rowids and inserts the rows;
 5. only after the commit are the messages acked, so a crash before it leads to a redelivery that
-   the scrubbing rule makes harmless.
+   the scrubbing rule makes harmless;
+6. after the commit, rows of ACTIVE metrics go to their models (the `on_rows_stored` hook), and
+   before them, for samples of *redelivered* messages that were dropped because they were already
+   stored, the stored rows with those timestamps are read back and handed over again
+   (`on_rows_reforwarded`): the previous delivery may have committed them and died before
+   forwarding them. The model skips the rows it already ran (its rowid mark), so a re-forward
+   scores nothing twice.
 
 Parallelism: one storer writes each batch over ``[metric_storer] connections`` DB connections at
 once (its metrics split between them, so each metric's samples keep their order). Several storer
 processes (supervisord numprocs) are safe too (creation, row locks, contiguous rowids), but the
 broker hands consecutive messages to different processes, so samples of one metric may commit out
 of order and the later-committed older ones are then dropped (and counted); prefer one process
-with more connections unless each metric's data arrives in one message.
+with more connections unless each metric's data arrives in one message. With several processes,
+two of them can also forward one metric's consecutive commits in the wrong order, and the model
+then skips the older rows (below its rowid mark): only one storer process keeps the guarantee
+that every stored row of an ACTIVE metric is scored.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import signal
@@ -31,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 import sqlalchemy.exc
@@ -41,13 +51,14 @@ from htmengine.bus import Message, MessageBus, rejected_queue_name
 from htmengine.config import ConfigError, get_app_config, get_rabbitmq_config
 from htmengine.instrumentation import StorerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger, setup_logging
-from htmengine.repository import get_engine
+from htmengine.repository import MetricStatus, get_engine
 from htmengine.runtime.metric_streamer import (
     MetricStreamer,
     MissingMetricsError,
     Sample,
     StoredRows,
     ensure_custom_metrics,
+    stored_rows_at,
 )
 from htmengine.runtime.model_input_forwarder import ModelInputForwarder
 from htmengine.runtime.plaintext_protocol import parse_samples
@@ -63,6 +74,9 @@ MAX_BATCH_AGE_SEC = 0.5
 MISSING_METRIC_RETRIES = 3
 # Metric name -> uid cache bound (trimmed to half when exceeded).
 MAX_CACHED_METRICS = 100_000
+
+# Hook that hands stored rows, (rowid, timestamp, value) in rowid order, of one metric to its model.
+RowsForwarder = Callable[[str, list[tuple[int, datetime.datetime, float]]], None]
 
 
 class RejectedMessage(ValueError):
@@ -130,6 +144,8 @@ class PreparedBatch:
     messages: list[Message]
     samples_by_name: dict[str, list[Sample]]
     outcome: BatchOutcome
+    # Timestamps of the samples of redelivered messages, by metric name.
+    redelivered_seconds: dict[str, set[int]] = field(default_factory=dict)
 
 
 class MetricStorer:
@@ -145,8 +161,10 @@ class MetricStorer:
         streamer: MetricStreamer,
         metrics: StorerMetrics,
         log: logging.Logger,
+        on_rows_reforwarded: RowsForwarder | None = None,
     ) -> None:
         self.engine = engine
+        self.on_rows_reforwarded = on_rows_reforwarded
         self.bus = bus
         self.queue_name = queue_name
         self.rejected_queue = rejected_queue_name(queue_name)
@@ -160,6 +178,8 @@ class MetricStorer:
         self.warn = RateLimitedLogger(log, interval=10.0)
         self.uid_cache: dict[str, str] = {}
         self.stopping = threading.Event()
+        # Stored rows handed to models again for redelivered messages (logs and tests).
+        self.rows_reforwarded = 0
 
     def run(self) -> None:
         """Consume until `stopping` is set (checked between batches).
@@ -243,15 +263,50 @@ class MetricStorer:
                 if samples is None:
                     samples = samples_by_name[name] = []
                 samples.append((seconds, value))
+                if message.redelivered:
+                    batch.redelivered_seconds.setdefault(name, set()).add(seconds)
         return batch
 
     def finish(self, batch: PreparedBatch, stored: list[StoredRows]) -> BatchOutcome:
-        """After the commit: count, hand the rows to the hook, ack the messages."""
+        """After the commit: count, hand the rows to the hooks, ack the messages."""
         self._count(stored, batch.outcome)
+        self._reforward(batch, stored)
         self.streamer.rows_committed(stored)
         for message in batch.messages:
             message.ack()
         return batch.outcome
+
+    def _reforward(self, batch: PreparedBatch, stored: list[StoredRows]) -> None:
+        """Hand ACTIVE metrics' already-stored rows that a redelivered message repeated to their
+        models again (before this batch's new rows, keeping rowid order per model)."""
+        if self.on_rows_reforwarded is None or not batch.redelivered_seconds:
+            return
+        uids = self._resolve(batch.redelivered_seconds)
+        by_uid = {result.uid: result for result in stored}
+        wanted: dict[str, set[int]] = {}
+        for name, seconds in batch.redelivered_seconds.items():
+            result = by_uid.get(uids[name])
+            if (
+                result is None
+                or result.status != MetricStatus.ACTIVE
+                or not (result.dropped_duplicate or result.dropped_out_of_order)
+            ):
+                continue
+            dropped = seconds - {sample[0] for sample in result.samples}
+            if dropped:
+                wanted[result.uid] = dropped
+        if not wanted:
+            return
+        with self.engine.connect() as conn:
+            rows_by_uid = {
+                uid: stored_rows_at(conn, uid, seconds) for uid, seconds in wanted.items()
+            }
+            conn.rollback()
+        for uid, rows in rows_by_uid.items():
+            if rows:
+                self.rows_reforwarded += len(rows)
+                self.log.info("re-forwarding %d stored row(s) of metric %s", len(rows), uid)
+                self.on_rows_reforwarded(uid, rows)
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         self.metrics.messages_rejected.labels(reason).inc()
@@ -364,6 +419,7 @@ class MetricStorer:
 
 def build_storer(
     on_rows_stored: Callable[[list[StoredRows]], None] | None = None,
+    on_rows_reforwarded: RowsForwarder | None = None,
 ) -> tuple[MetricStorer, int]:
     """A storer wired to the configured database, broker and queue; and its metrics port."""
     config = get_app_config()
@@ -386,6 +442,7 @@ def build_storer(
         MetricStreamer(on_rows_stored),
         StorerMetrics(),
         log,
+        on_rows_reforwarded,
     )
     return storer, metrics_port
 
@@ -393,7 +450,8 @@ def build_storer(
 def main() -> int:
     log = setup_logging(SERVICE_NAME)
     try:
-        storer, metrics_port = build_storer(ModelInputForwarder.from_config())
+        forwarder = ModelInputForwarder.from_config()
+        storer, metrics_port = build_storer(forwarder, forwarder.forward_rows)
     except ConfigError as exc:
         print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
         return 2

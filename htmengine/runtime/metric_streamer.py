@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 
 from htmengine.exceptions import MetricNotFound
 from htmengine.repository import DATA_ACCEPTING_STATUSES, MetricStatus, queries
+from htmengine.repository.schema import metric_data
 
 LOGGER = logging.getLogger(__name__)
 
@@ -168,6 +169,21 @@ class MetricStreamer:
         """Hand rows that are now durable to the hook (forwarding to models, activation)."""
         if self.on_rows_stored is not None and stored:
             self.on_rows_stored(stored)
+
+
+def stored_rows_at(
+    conn: Connection, uid: str, seconds: Iterable[int]
+) -> list[tuple[int, datetime.datetime, float]]:
+    """A metric's stored rows with the given timestamps, as (rowid, datetime, value) by rowid."""
+    timestamps = sorted({to_datetime(s) for s in seconds})
+    if not timestamps:
+        return []
+    query = (
+        sa.select(metric_data.c.rowid, metric_data.c.timestamp, metric_data.c.metric_value)
+        .where(metric_data.c.uid == uid, metric_data.c.timestamp.in_(timestamps))
+        .order_by(metric_data.c.rowid)
+    )
+    return [(row.rowid, row.timestamp, row.metric_value) for row in conn.execute(query)]
 
 
 def ensure_custom_metrics(

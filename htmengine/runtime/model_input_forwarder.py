@@ -5,6 +5,9 @@
   deleted) is skipped silently.
 * PENDING_DATA metric whose newest row is the 288th or later: the custom adapter's
   ``activateModel`` creates its model from the data's range (the backlog goes with the definition).
+* Rows stored earlier, handed over again by the storer (`forward_rows`) because a redelivered
+  message's samples were already stored and their forwarding may have been lost in a crash: they
+  go to the model like new rows; the model skips those it already ran (its rowid mark).
 * CREATE_PENDING metric: nothing; the anomaly service forwards the rows stored during creation when
   the model confirms its definition (see scalar_metric_utils), which keeps every model's input in
   rowid order with no row twice.
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Callable, Sequence
 
@@ -57,12 +61,7 @@ class ModelInputForwarder:
             if not item.samples:
                 continue
             if item.status == MetricStatus.ACTIVE:
-                try:
-                    send_input_rows_to_model(
-                        item.uid, input_rows(item.rows), self.chunk_size, self.swapper
-                    )
-                except ModelNotFound:
-                    LOGGER.info("model %s has no input queue (being deleted); rows kept", item.uid)
+                self.forward_rows(item.uid, item.rows)
             elif (
                 item.status == MetricStatus.PENDING_DATA
                 and item.last_rowid >= MODEL_CREATION_RECORD_THRESHOLD
@@ -71,3 +70,10 @@ class ModelInputForwarder:
                     self.activate_model(item.uid)
                 except (HTMEngineError, ValueError, TypeError) as exc:
                     LOGGER.warning("could not activate the model of metric %s: %r", item.uid, exc)
+
+    def forward_rows(self, uid: str, rows: Sequence[tuple[int, datetime.datetime, float]]) -> None:
+        """Submit (rowid, timestamp, value) rows of an ACTIVE metric to its model, in order."""
+        try:
+            send_input_rows_to_model(uid, input_rows(rows), self.chunk_size, self.swapper)
+        except ModelNotFound:
+            LOGGER.info("model %s has no input queue (being deleted); rows kept", uid)

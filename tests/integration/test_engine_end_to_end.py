@@ -10,20 +10,23 @@ import json
 import socket
 from collections.abc import Iterator
 
+import pika
 import pytest
 
 from htmengine.adapters.datasource import createDatasourceAdapter
 from htmengine.bus import MessageBus
-from htmengine.config import get_app_config
+from htmengine.config import get_app_config, get_rabbitmq_config
 from htmengine.exceptions import MessageQueueNotFound, MetricNotFound
 from htmengine.htm.model import ScalarAnomalyModel
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
 from htmengine.repository import MetricStatus, get_engine, queries
 from htmengine.runtime.anomaly_likelihood_helper import AnomalyLikelihoodHelper, ScoredRow
-from htmengine.runtime.scalar_metric_utils import generate_swarm_params, padded_range
+from htmengine.runtime.model_data_feeder import send_input_rows_to_model
+from htmengine.runtime.scalar_metric_utils import generate_swarm_params, padded_range, read_rows
 from tests.support.engine import (
     ResultsCapture,
     data_rows,
+    insert_rows,
     metric_row,
     scored_count,
     series,
@@ -101,7 +104,7 @@ def assert_scored_like_reference(uid: str, rows: list[tuple], low: float, high: 
     raws, scores, state = reference_run(rows, low, high)
     assert [r.raw_anomaly_score for r in stored] == raws
     assert [r.anomaly_score for r in stored] == scores
-    assert json.loads(metric_row(uid).model_params)["anomalyLikelihoodParams"] == state
+    assert json.loads(metric_row(uid).model_params).get("anomalyLikelihoodParams") == state
 
 
 def test_walk_through(suite, app, capture):
@@ -281,3 +284,72 @@ def test_export_delete_import_then_unmonitor(suite, app, bus):
         return False
 
     wait_for(queue_gone, 120, "the model's input queue deleted by the model runner")
+
+
+def monitor_active(name: str) -> str:
+    """Monitor metric `name` with the range 0..130 and wait until its model is ACTIVE."""
+    uid = createDatasourceAdapter("custom").monitorMetric(
+        {
+            "datasource": "custom",
+            "metricSpec": {"metric": name},
+            "modelParams": {"min": 0, "max": 130},
+        }
+    )
+    wait_for(lambda: metric_row(uid).status == MetricStatus.ACTIVE, SCORING_TIMEOUT, "ACTIVE")
+    return uid
+
+
+def requeue_as_redelivered(queue: str) -> None:
+    """Take the queue's first message without acking it and close the channel: the broker puts
+    it back with redelivered=True (what a storer killed before its ack leaves behind)."""
+    config = get_rabbitmq_config()
+    parameters = pika.ConnectionParameters(
+        host=config.get("connection", "host"),
+        port=config.getint("connection", "port"),
+        virtual_host=config.get("connection", "virtual_host"),
+        credentials=pika.PlainCredentials(
+            config.get("credentials", "user"), config.get("credentials", "password")
+        ),
+    )
+    connection = pika.BlockingConnection(parameters)
+    try:
+        channel = connection.channel()
+        method, _properties, _body = channel.basic_get(queue, auto_ack=False)
+        assert method is not None and not method.redelivered
+        channel.close()
+        channel = connection.channel()
+        method, _properties, _body = channel.basic_get(queue, auto_ack=False)
+        assert method is not None and method.redelivered
+        channel.close()
+    finally:
+        connection.close()
+
+
+def test_rows_committed_but_not_forwarded_are_scored_after_the_redelivery(suite, app, bus):
+    """The storer died between its commit and forwarding: the redelivered message's samples are
+    duplicates now, and the storer hands the stored rows to the model again."""
+    uid = monitor_active("e2e.reforward")
+    rows = series(40, seed=70)
+    suite.server.supervisor.stopProcess("htmengine:metric_storer")
+    insert_rows(uid, rows)  # committed by the storer that "died" before forwarding
+    body = json.dumps({"protocol": "plain", "data": lines_of("e2e.reforward", rows)}).encode()
+    bus.publish(app.data_queue, body)
+    requeue_as_redelivered(app.data_queue)
+    suite.server.supervisor.startProcess("htmengine:metric_storer")
+    wait_for(lambda: scored_count(uid) == 40, 300, "the re-forwarded rows scored")
+    assert row_count(uid) == 40
+    assert_scored_like_reference(uid, rows, 0, 130)
+
+
+def test_rows_forwarded_twice_change_no_score(suite, app):
+    uid = monitor_active("e2e.twice")
+    rows = series(120, seed=80)
+    send_lines(app.ports["plaintext"], lines_of("e2e.twice", rows[:80]))
+    wait_for(lambda: scored_count(uid) == 80, SCORING_TIMEOUT, "80 scored rows")
+    with get_engine().connect() as conn:
+        stored = read_rows(conn, uid)
+    with ModelSwapperInterface() as swapper:
+        send_input_rows_to_model(uid, stored, 25, swapper)  # every row a second time
+    send_lines(app.ports["plaintext"], lines_of("e2e.twice", rows[80:]))
+    wait_for(lambda: scored_count(uid) == 120, SCORING_TIMEOUT, "120 scored rows")
+    assert_scored_like_reference(uid, rows, 0, 130)
