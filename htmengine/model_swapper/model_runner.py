@@ -28,7 +28,10 @@ metric becomes ACTIVE), so a row at or below the mark was already run: the store
 rows whose forwarding a crash may have lost, or a repeated activation hand-off.
 
 The model itself (``htmengine.htm.model.ScalarAnomalyModel``) is built lazily on the first input row:
-from ``model.bin`` plus a replay of the journal, or from the stored definition.
+from ``model.bin`` plus a replay of the journal, or from the stored definition. A model that cannot
+be restored (unreadable checkpoint, foreign blob, bad definition) answers every row with
+ERR_NO_SUCH_MODEL and the reason, which puts its metric into ERROR: it can never score again, and
+``htmengine monitor --force`` recreates it.
 """
 
 from __future__ import annotations
@@ -387,7 +390,7 @@ class ModelRunner:
         if model is None:
             if session.unusable is not None:
                 return ModelInferenceResult(
-                    row.rowID, exceptions.ERR, errorMessage=session.unusable
+                    row.rowID, exceptions.ERR_NO_SUCH_MODEL, errorMessage=session.unusable
                 )
             return ModelInferenceResult(
                 row.rowID,

@@ -18,6 +18,7 @@ from htmengine.bus import MessageBus
 from htmengine.config import get_app_config, get_rabbitmq_config
 from htmengine.exceptions import MessageQueueNotFound, MetricNotFound
 from htmengine.htm.model import ScalarAnomalyModel
+from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
 from htmengine.repository import MetricStatus, get_engine, queries
 from htmengine.runtime.anomaly_likelihood_helper import AnomalyLikelihoodHelper, ScoredRow
@@ -353,3 +354,18 @@ def test_rows_forwarded_twice_change_no_score(suite, app):
     send_lines(app.ports["plaintext"], lines_of("e2e.twice", rows[80:]))
     wait_for(lambda: scored_count(uid) == 120, SCORING_TIMEOUT, "120 scored rows")
     assert_scored_like_reference(uid, rows, 0, 130)
+
+
+def test_a_model_whose_checkpoint_cannot_be_loaded_puts_its_metric_in_error(suite, app):
+    uid = monitor_active("e2e.corrupt")
+    rows = series(30, seed=90)
+    send_lines(app.ports["plaintext"], lines_of("e2e.corrupt", rows[:20]))
+    wait_for(lambda: scored_count(uid) == 20, SCORING_TIMEOUT, "20 scored rows")
+    checkpoints = CheckpointManager()
+    with checkpoints.model_lock(uid):  # not while a runner has the model loaded
+        with open(f"{checkpoints.load(uid).store_dir}/model.bin", "wb") as fh:
+            fh.write(b"a foreign blob, not a model")
+    send_lines(app.ports["plaintext"], lines_of("e2e.corrupt", rows[20:]))
+    wait_for(lambda: metric_row(uid).status == MetricStatus.ERROR, SCORING_TIMEOUT, "ERROR")
+    assert "load model" in metric_row(uid).message
+    assert scored_count(uid) == 20

@@ -248,7 +248,7 @@ def test_full_saves_of_models_fed_in_lockstep_are_spread(tmp_path) -> None:
     assert len(thresholds) > 3 and min(thresholds) >= 5 and max(thresholds) <= 15
 
 
-def test_an_unreadable_checkpoint_makes_rows_fail_with_a_message_not_the_runner(harness) -> None:
+def test_an_unreadable_checkpoint_fails_rows_with_no_such_model_not_the_runner(harness) -> None:
     harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
     harness.swapper.submitRequests("m", input_rows(1, 5))  # a full save (full_rows=5)
     harness.runner.serve("m", never)
@@ -258,9 +258,21 @@ def test_an_unreadable_checkpoint_makes_rows_fail_with_a_message_not_the_runner(
     harness.swapper.submitRequests("m", input_rows(6, 2))
     report = harness.runner.serve("m", never)
     failed = harness.inference_results()[-2:]
-    assert [r.status for r in failed] == [exceptions.ERR, exceptions.ERR]
+    assert [r.status for r in failed] == [exceptions.ERR_NO_SUCH_MODEL] * 2
     assert "load model" in failed[0].errorMessage and report.failed_rows == 2
     assert not harness.bus.queues["in.m"] and all(m.acked for _, m in harness.bus.taken)
+
+
+def test_an_unreadable_definition_fails_rows_with_no_such_model(harness) -> None:
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.runner.serve("m", never)
+    with open(f"{harness.checkpoints.entry_dir('m')}/definition.json", "w") as fh:
+        fh.write("{not json")
+    harness.swapper.submitRequests("m", input_rows(1, 1))
+    harness.runner.serve("m", never)
+    (result,) = harness.inference_results()
+    assert result.status == exceptions.ERR_NO_SUCH_MODEL
+    assert "load checkpoint" in result.errorMessage
 
 
 def test_rows_at_or_below_the_checkpointed_rowid_mark_are_skipped(tmp_path) -> None:
