@@ -58,6 +58,8 @@ def run_trace(nab_dir: Path, name: str) -> None:
         f"segments {tm.n_segments:,}  synapses {tm.n_synapses:,}  "
         f"TM state {state_bytes(tm.get_state()):,} bytes"
     )
+    per_record = {name: f"{n / len(columns):,.1f}" for name, n in tm.work_counters.items()}
+    print(f"work per record: {per_record}")
 
 
 def run_model(nab_dir: Path, relative: str) -> None:
@@ -74,6 +76,7 @@ def run_model(nab_dir: Path, relative: str) -> None:
     warm = ScalarAnomalyModel(config)
     for timestamp, value in rows[:20]:
         warm.run(timestamp, value)
+    ScalarAnomalyModel.load(warm.save())  # compiles (or loads) the checkpoint kernels
 
     model = ScalarAnomalyModel(config)
     tm_seconds = 0.0

@@ -104,6 +104,17 @@ class BacktrackingTM:
         return int(self._a.s[k.S_N_SYNAPSES])
 
     @property
+    def work_counters(self) -> dict[str, int]:
+        """Work done so far (for benchmarks): phase-2 passes, forward entries visited, adaptations."""
+        s = self._a.s
+        return {
+            "inference_phase2": int(s[k.S_WORK_INF_PHASE2]),
+            "learning_phase2": int(s[k.S_WORK_LRN_PHASE2]),
+            "forward_entries": int(s[k.S_WORK_FWD_ENTRIES]),
+            "adaptations": int(s[k.S_WORK_ADAPTS]),
+        }
+
+    @property
     def learn_active_cells(self) -> np.ndarray:
         """Sorted cells of the learning state lrnActive[t] (a diagnostic for tests and tools)."""
         return np.sort(self._members(k.LRN_ACTIVE))
