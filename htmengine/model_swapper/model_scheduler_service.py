@@ -9,8 +9,11 @@ Threads of the scheduler process:
   their current batch, checkpoint and ack; workers exit), SIGHUP stops and starts again in-process;
 * controller: the SwapController's event loop (and one SlotAgent thread per slot);
 * notifications: consumes the scheduler notification queue (its own broker connection);
-* backlog discovery (once, at start): the ACTIVE/CREATE_PENDING metrics of the database whose input
-  queue holds messages (passive declare) are scheduled; no RabbitMQ management API is needed.
+* backlog discovery (at start, and again when the broker lost the notification queue): every model
+  that may have input waiting -- the ACTIVE/CREATE_PENDING metrics of the database and every model
+  of the checkpoint archive (an unmonitored metric's model still has its deleteModel to run) --
+  whose input queue holds messages (passive declare) is scheduled; no RabbitMQ management API is
+  needed.
 
 An unexpected error in the controller ends the process with exit code 1 (supervisord restarts it).
 """
@@ -77,6 +80,17 @@ def monitored_model_ids() -> list[str]:
     return [row.uid for row in rows]
 
 
+def backlog_candidate_ids() -> list[str]:
+    """Models that may have input waiting: the monitored metrics' and every archived model.
+
+    The archive matters for models whose metric is no longer monitored: their deleteModel waits
+    in their input queue, and its scheduler notification is lost with a broker restart.
+    """
+    archived = CheckpointManager().model_ids()
+    monitored = monitored_model_ids()
+    return monitored + sorted(set(archived) - set(monitored))
+
+
 class _ThreadLocalSwapper:
     """A ModelSwapperInterface per calling thread (a MessageBus must not cross threads)."""
 
@@ -121,7 +135,7 @@ class ModelSchedulerService:
         concurrency: int,
         *,
         metrics: SchedulerMetrics | None = None,
-        model_ids: Callable[[], list[str]] = monitored_model_ids,
+        model_ids: Callable[[], list[str]] = backlog_candidate_ids,
     ) -> None:
         config = get_model_swapper_config()
         self.concurrency = concurrency

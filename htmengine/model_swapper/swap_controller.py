@@ -349,9 +349,9 @@ def discover_backlog(
 ) -> int:
     """Notify every model that has input waiting; retries until the listing succeeds.
 
-    `model_ids` lists the ACTIVE/CREATE_PENDING metrics from the database; `input_pending` is a
-    passive declare of the model's input queue (missing queue = no input). Returns the number of
-    models notified.
+    `model_ids` lists the candidates (the ACTIVE/CREATE_PENDING metrics of the database and the
+    models of the checkpoint archive); `input_pending` is a passive declare of the model's input
+    queue (missing queue = no input). Returns the number of models notified.
     """
     delay = _DISCOVERY_RETRY_MIN_SEC
     while not should_stop():
@@ -364,9 +364,7 @@ def discover_backlog(
                 if input_pending(model_id):
                     notify(model_id)
                     found += 1
-            _log.info(
-                "backlog discovery: %d of %d monitored models have input", found, len(candidates)
-            )
+            _log.info("backlog discovery: %d of %d known models have input", found, len(candidates))
             return found
         except Exception as exc:
             _log.warning("backlog discovery failed (%r); retrying in %.0f s", exc, delay)

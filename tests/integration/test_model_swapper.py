@@ -384,6 +384,35 @@ def test_backlog_is_discovered_from_the_database_at_start_up(
     assert_scores(grouped, reference_scores(model_config, rows))
 
 
+def test_delete_of_an_unmonitored_model_is_discovered_from_the_archive(
+    scheduler, swapper, results, model_config
+) -> None:
+    """The deleteModel's notification is lost (a broker restart): the model has no monitored
+    metric, so start-up discovery finds it through the checkpoint archive."""
+    model_id = uuid.uuid4().hex  # no metric row: as after unmonitorMetric
+    swapper.defineModel(model_id, define_args(model_config), "cmd")
+    results.wait(lambda: bool(results.commands(model_id)), "defineModel")
+    assert CheckpointManager().exists(model_id)
+    scheduler.server.supervisor.stopProcess("htmengine:model_scheduler")
+    swapper.deleteModel(model_id, "cmd-delete")
+    swapper.bus.purge_queue(swapper.scheduler_notification_queue)  # the ping is lost
+    scheduler.server.supervisor.startProcess("htmengine:model_scheduler")
+    results.wait(
+        lambda: any(c.method == "deleteModel" for c in results.commands(model_id)), "deleteModel"
+    )
+    assert not CheckpointManager().exists(model_id)
+    queue = swapper.model_input_queue(model_id)
+
+    def queue_gone() -> bool:
+        try:
+            swapper.bus.declare_queue(queue, passive=True)
+        except MessageQueueNotFound:
+            return True
+        return False
+
+    results.wait(queue_gone, f"deletion of {queue}", timeout=30)
+
+
 def test_killed_scheduler_restarts_and_every_row_gets_a_result(
     scheduler, swapper, results, model_config, monitored
 ) -> None:
