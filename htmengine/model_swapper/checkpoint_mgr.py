@@ -3,7 +3,8 @@
 Layout under the root of model-checkpoint.conf ``[storage] root``::
 
     <root>/.scratch/                    temp area on the same filesystem (atomic renames)
-    <root>/.locks/<modelID>             flock()ed by the one runner that has the model loaded
+    <root>/.locks/<modelID>             flock()ed by the one runner that has the model loaded;
+                                        unlinked (by its holder) when the model is deleted
     <root>/<modelID>/version.txt        archive entry format, "htmengine-1"
     <root>/<modelID>/definition.json    {"modelParams": {"modelConfig", "inferenceArgs"},
                                          "inputSchema": [[name, type, special], ...]}
@@ -206,25 +207,54 @@ class CheckpointManager:
     def model_lock(self, model_id: str, blocking: bool = True) -> Iterator[bool]:
         """Hold the model's exclusive lock: one runner per model across processes (an orphaned
         worker of a killed scheduler finishes its run before a new one may load the model).
-        Yields False when `blocking` is False and another process holds it."""
+        Yields False when `blocking` is False and another process holds it.
+
+        The holder may unlink the lock file (`discard_lock`, after deleting the model). A process
+        that was waiting then holds the lock of an unlinked file, which no longer excludes anyone:
+        so after every acquisition the file at the path must still be the one locked, else the
+        lock is dropped and taken again on the path's current file.
+        """
         self.entry_dir(model_id)  # validates the id
-        path = os.path.join(self.locks, model_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        path = self._lock_path(model_id)
+        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, flags)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    yield False
+                try:
+                    fcntl.flock(fd, flags)
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EACCES):
+                        yield False
+                        return
+                    raise
+                try:
+                    if not self._is_current_lock_file(fd, path):
+                        continue  # unlinked by its previous holder: lock the new file
+                    yield True
                     return
-                raise
-            try:
-                yield True
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+                os.close(fd)
+
+    def _lock_path(self, model_id: str) -> str:
+        return os.path.join(self.locks, model_id)
+
+    @staticmethod
+    def _is_current_lock_file(fd: int, path: str) -> bool:
+        try:
+            on_path = os.stat(path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (on_path.st_dev, on_path.st_ino)
+
+    def discard_lock(self, model_id: str) -> None:
+        """Unlink a deleted model's lock file. Only while holding the model's lock (`model_lock`
+        re-checks the file after acquiring it, so waiters move on to a new file)."""
+        self.entry_dir(model_id)  # validates the id
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._lock_path(model_id))
 
     # --- definition -------------------------------------------------------------------------------
 

@@ -261,6 +261,8 @@ class ModelRunner:
                     break
                 if should_yield():
                     break
+            if session.deleted:
+                self.checkpoints.discard_lock(model_id)  # still held: see model_lock
         if report.skipped_rows:
             _log.info(
                 "model %s: skipped %d input row(s) it had already run",

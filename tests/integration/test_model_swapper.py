@@ -319,6 +319,8 @@ def test_delete_model_removes_checkpoint_and_queue(
         return False
 
     results.wait(queue_gone, f"deletion of {queue}", timeout=30)
+    lock_file = os.path.join(CheckpointManager().locks, model_id)
+    results.wait(lambda: not os.path.exists(lock_file), "removal of the lock file", timeout=30)
     with pytest.raises(ModelNotFound):
         swapper.submitRequests(model_id, [ModelInputRow(9, [T0, 1.0])])
     swapper.deleteModel(model_id, "again")  # idempotent

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import threading
+import time
 
 import pytest
 
@@ -161,3 +164,39 @@ def test_the_rowid_mark_survives_appends_full_saves_and_clones(mgr) -> None:
     mgr.append(checkpoint, ["b4"], rows(1), last_rowid=8)
     mgr.clone("m1", "m2")
     assert mgr.load("m1").last_rowid == 8 and mgr.load("m2").last_rowid == 8
+
+
+def open_count(path: str) -> int:
+    """File descriptors of this process open on `path`."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == path
+    return count
+
+
+def test_a_discarded_lock_file_still_excludes_the_waiter_and_the_newcomer(mgr) -> None:
+    """The holder unlinks the lock file (model deleted) while another process waits on it: the
+    waiter must end up holding the path's new file, so a third one cannot take the lock too."""
+    acquired, release = threading.Event(), threading.Event()
+
+    def waiter() -> None:
+        with mgr.model_lock("m1"):
+            acquired.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=waiter)
+    with mgr.model_lock("m1") as held:
+        assert held
+        thread.start()
+        while open_count(os.path.join(mgr.locks, "m1")) < 2:  # until the waiter has it open
+            time.sleep(0.01)
+        mgr.discard_lock("m1")
+        assert not os.path.exists(os.path.join(mgr.locks, "m1"))
+    assert acquired.wait(10)
+    try:
+        with mgr.model_lock("m1", blocking=False) as got:
+            assert got is False
+    finally:
+        release.set()
+        thread.join()

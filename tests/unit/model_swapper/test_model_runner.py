@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 
 import pytest
 
@@ -194,6 +195,7 @@ def test_delete_model_removes_checkpoint_and_queue(harness) -> None:
     assert not harness.checkpoints.exists("m")
     assert "in.m" not in harness.bus.queues
     assert harness.results()[-1] == ModelCommandResult("d1", "deleteModel", 0)
+    assert os.listdir(harness.checkpoints.locks) == []  # no leftover lock file
 
 
 def test_clone_model_copies_the_state_including_this_runs_rows(harness) -> None:
