@@ -662,6 +662,17 @@ def run_steady(args: argparse.Namespace) -> None:
                 f"({figures['checkpoint_bytes_full'] / 2**20:.1f} MiB in full saves), "
                 f"archive {disk_before / 2**30:.2f} -> {disk_after / 2**30:.2f} GiB"
             )
+        rows_run = sum(r["rows_run"] for r in results)
+        written = sum(
+            r["checkpoint_bytes_full"] + r["checkpoint_bytes_incremental"] for r in results
+        )
+        print(
+            f"all {args.cycles} cycles: {statistics.fmean(r['seconds'] for r in results):.1f} s "
+            f"per cycle on average (slowest {max(r['seconds'] for r in results):.1f} s), "
+            f"{written / max(rows_run, 1):.0f} checkpoint bytes/row written "
+            f"({sum(r['checkpoint_bytes_full'] for r in results) / 2**20:.0f} MiB in full saves "
+            f"for {rows_run:.0f} rows)"
+        )
         print(memory.stop())
         print(
             "JSON "
