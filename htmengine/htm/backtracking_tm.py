@@ -184,8 +184,8 @@ class BacktrackingTM:
             seg_dc_it=np.zeros(g, dtype=np.int64),
             seg_free_next=np.full(g, -1, dtype=np.int32),
             seg_is_free=np.zeros(g, dtype=np.uint8),
-            syn_src=np.zeros((g, stride), dtype=np.int32),
-            syn_perm=np.zeros((g, stride), dtype=np.float32),
+            syn_src=np.empty((g, stride), dtype=np.int32),  # only [:seg_len] is ever read
+            syn_perm=np.empty((g, stride), dtype=np.float32),
             cell_slot_start=np.zeros(n_cells, dtype=np.int64),
             cell_slot_len=np.zeros(n_cells, dtype=np.int32),
             cell_slot_cap=np.zeros(n_cells, dtype=np.int32),
@@ -391,7 +391,7 @@ class BacktrackingTM:
         stride = a.syn_src.shape[1]
         if n and int(seg_len.max()) > stride:
             raise ValueError("a segment in the state is longer than this TM's synapse stride")
-        src = np.asarray(state["syn_src"], dtype=np.int32)
+        src = np.asarray(state["syn_src"])  # uint16/uint32 as saved: no conversion copy
         if src.size != int(seg_len.sum()):
             raise ValueError("synapse arrays do not match the segment lengths")
         n_lists = a.cell_slot_start.shape[0]
@@ -404,7 +404,7 @@ class BacktrackingTM:
             seg_len,
             src,
             np.asarray(state["syn_perm_values"], dtype=np.float32),
-            np.asarray(state["syn_perm_index"], dtype=np.int64),
+            np.asarray(state["syn_perm_index"]),
             np.asarray(state["syn_missing_forward"], dtype=np.int64),
         )
         for g in np.asarray(state["free_segments"], dtype=np.int64):
