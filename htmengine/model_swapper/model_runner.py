@@ -326,7 +326,13 @@ class ModelRunner:
         for batch in to_ack:
             batch.ack()
         if session.deleted:
-            self.swapper.cleanUpAfterModelDeletion(model_id)
+            if self.swapper.modelInputPending(model_id):
+                # Requests after the delete (``monitor --force``: unmonitor, then at once a new
+                # defineModel and backlog): serve them as for a model not defined yet.
+                _log.info("model %s: requests follow its deletion; serving them", model_id)
+                session.deleted = False
+            else:
+                self.swapper.cleanUpAfterModelDeletion(model_id)
         return drained
 
     def _process_batch(
@@ -436,7 +442,9 @@ class ModelRunner:
             if method == "deleteModel":
                 self.checkpoints.remove(model_id)
                 session.deleted = True
+                session.use_checkpoint(None)
                 session.model = None
+                session.unusable = None
                 _log.info("deleted model %s", model_id)
                 return ModelCommandResult(command.commandID, method, exceptions.SUCCESS)
             if method == "cloneModel":

@@ -369,3 +369,25 @@ def test_a_model_whose_checkpoint_cannot_be_loaded_puts_its_metric_in_error(suit
     wait_for(lambda: metric_row(uid).status == MetricStatus.ERROR, SCORING_TIMEOUT, "ERROR")
     assert "load model" in metric_row(uid).message
     assert scored_count(uid) == 20
+
+
+def test_unmonitor_then_monitor_at_once_recreates_the_model(suite, app):
+    """What ``htmengine monitor --force`` does: the new defineModel and backlog queue up behind
+    the deleteModel, and the runner must not delete them with the old model's queue."""
+    uid = monitor_active("e2e.force")
+    rows = series(60, seed=100)
+    send_lines(app.ports["plaintext"], lines_of("e2e.force", rows[:40]))
+    wait_for(lambda: scored_count(uid) == 40, SCORING_TIMEOUT, "40 scored rows")
+    adapter = createDatasourceAdapter("custom")
+    adapter.unmonitorMetric(uid)
+    adapter.monitorMetric(
+        {
+            "datasource": "custom",
+            "metricSpec": {"metric": "e2e.force"},
+            "modelParams": {"min": 0, "max": 130},
+        }
+    )
+    wait_for(lambda: metric_row(uid).status == MetricStatus.ACTIVE, 300, "ACTIVE again")
+    send_lines(app.ports["plaintext"], lines_of("e2e.force", rows[40:]))
+    wait_for(lambda: scored_count(uid) == 60, SCORING_TIMEOUT, "60 scored rows")
+    assert_scored_like_reference(uid, rows, 0, 130)

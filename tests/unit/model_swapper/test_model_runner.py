@@ -198,6 +198,24 @@ def test_delete_model_removes_checkpoint_and_queue(harness) -> None:
     assert os.listdir(harness.checkpoints.locks) == []  # no leftover lock file
 
 
+def test_a_define_queued_behind_a_delete_is_served_not_deleted_with_the_queue(harness) -> None:
+    """unmonitor then monitor at once (``monitor --force``): deleteModel, then a new defineModel
+    and rows wait in the queue; the model is recreated from scratch and the queue kept."""
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 3))
+    harness.runner.serve("m", never)
+    harness.swapper.deleteModel("m", "d1")
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c2")
+    harness.swapper.submitRequests("m", input_rows(1, 3))  # the backlog again, from row 1
+    report = harness.runner.serve("m", never)
+    assert report.drained and not report.deleted and report.skipped_rows == 0
+    assert harness.checkpoints.exists("m") and "in.m" in harness.bus.queues
+    commands = [r for r in harness.results() if isinstance(r, ModelCommandResult)]
+    assert [(c.commandID, c.status) for c in commands] == [("c1", 0), ("d1", 0), ("c2", 0)]
+    scores = [r.anomalyScore for r in harness.inference_results()]
+    assert scores == expected_scores([1, 2, 3]) * 2  # the new model starts afresh
+
+
 def test_clone_model_copies_the_state_including_this_runs_rows(harness) -> None:
     harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
     harness.swapper.submitRequests("m", input_rows(1, 3))
