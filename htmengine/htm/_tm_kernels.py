@@ -1445,13 +1445,34 @@ def _missing_forward_entries(a, total):
 
 
 @njit(cache=True)
-def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing):
-    """Inverse of :func:`pack_synapses`: segments, connected counts, slot lists, forward index."""
+def pack_forward_index(a):
+    """The forward index as (entries per source cell, every list's entries in list order).
+
+    Stored rather than rebuilt on load: scattering ~500k entries into per-cell lists costs more
+    than the whole rest of a load, while copying saved lists back is sequential.
+    """
+    n_src = a.fwd_start.shape[0]
+    total = 0
+    for src in range(n_src):
+        total += a.fwd_len[src]
+    entries = np.empty(total, dtype=np.int32)
+    w = 0
+    for src in range(n_src):
+        s0 = a.fwd_start[src]
+        for e in range(s0, s0 + a.fwd_len[src]):
+            entries[w] = a.fwd_pool[e]
+            w += 1
+    return a.fwd_len.copy(), entries
+
+
+@njit(cache=True)
+def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing, fwd_counts, fwd_entries):
+    """Inverse of :func:`pack_synapses` and :func:`pack_forward_index`: segments, connected
+    counts, stale flags, slot lists and the forward index, each list with room to grow."""
     n = seg_len.shape[0]
     conn = a.pf[PF_CONNECTED]
     n_cells = a.cell_slot_start.shape[0]
     slot_counts = np.zeros(n_cells, dtype=np.int64)
-    fwd_counts = np.zeros(n_cells, dtype=np.int64)
     has_entry = np.ones(src.shape[0], dtype=np.uint8)
     for i in range(missing.shape[0]):
         has_entry[missing[i]] = 0
@@ -1459,36 +1480,36 @@ def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing):
     for g in range(n):
         slot_counts[a.seg_cell[g]] += 1
         nconn = 0
+        stale = 0
         for j in range(seg_len[g]):
             p = perm_values[perm_index[flat]]
             a.syn_src[g, j] = src[flat]
             a.syn_perm[g, j] = p
             if p >= conn:
                 nconn += 1
-            if has_entry[flat]:
-                fwd_counts[src[flat]] += 1
+            if has_entry[flat] == 0:
+                stale = 1
             flat += 1
         a.seg_len[g] = seg_len[g]
         a.seg_nconn[g] = nconn
+        a.seg_stale[g] = stale
     a.s[S_SLOT_POOL_USED] = _lay_out_lists(
         a.cell_slot_start, a.cell_slot_len, a.cell_slot_cap, slot_counts
     )
-    a.s[S_FWD_POOL_USED] = _lay_out_lists(a.fwd_start, a.fwd_len, a.fwd_cap, fwd_counts)
-    flat = 0
     for g in range(n):
         cell = a.seg_cell[g]
         a.slot_pool[a.cell_slot_start[cell] + a.cell_slot_len[cell]] = g
         a.cell_slot_len[cell] += 1
-        a.seg_stale[g] = 0
-        for j in range(seg_len[g]):
-            if has_entry[flat]:
-                s = src[flat]
-                a.fwd_pool[a.fwd_start[s] + a.fwd_len[s]] = 2 * g + int(a.syn_perm[g, j] >= conn)
-                a.fwd_len[s] += 1
-            else:
-                a.seg_stale[g] = 1
-            flat += 1
-    a.s[S_FWD_ENTRIES] = src.shape[0] - missing.shape[0]
+    a.s[S_FWD_POOL_USED] = _lay_out_lists(a.fwd_start, a.fwd_len, a.fwd_cap, fwd_counts)
+    r = 0
+    for s in range(n_cells):
+        s0 = a.fwd_start[s]
+        m = fwd_counts[s]
+        for j in range(m):
+            a.fwd_pool[s0 + j] = fwd_entries[r + j]
+        a.fwd_len[s] = m
+        r += m
+    a.s[S_FWD_ENTRIES] = fwd_entries.shape[0]
     a.s[S_N_SLOTS] = n
     a.s[S_N_SYNAPSES] = src.shape[0]
     live = 0

@@ -19,7 +19,7 @@ import numpy as np
 from htmengine.htm import _tm_kernels as k
 from htmengine.htm.rng import STATE_LENGTH, rng_new
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 _VERSIONS = ("0.5.6", "0.3.4")
 _ERRORS = {
     k.ERR_POOL_FULL: "a list pool ran out of room inside one step",
@@ -292,7 +292,8 @@ class BacktrackingTM:
 
         Saved: slot layout (segment ids are (cell, slot)), LIFO free lists, synapses in order
         with their f32 permanences (as an index into the table of distinct values), which
-        synapses lost their forward entry, counters and duty-cycle caches, the t cell states,
+        synapses lost their forward entry, the forward index's lists as they are (cheaper to
+        store than to rebuild), counters and duty-cycle caches, the t cell states,
         column confidences, both pattern queues, pending segment updates, scalars and the RNG.
         Not saved, because every step overwrites them before reading: the t-1, backup and
         candidate cell states, cell confidences (nothing reads them) and all scratch arrays.
@@ -306,6 +307,7 @@ class BacktrackingTM:
         lengths = a.seg_len[:n]
         stride = a.syn_src.shape[1]
         src, perm_values, perm_index, missing = k.pack_synapses(a)
+        fwd_counts, fwd_entries = k.pack_forward_index(a)
         iteration_dtype = _uint_dtype(int(a.s[k.S_N_LRN_ITERATIONS]))
         n_upd = int(a.s[k.S_N_UPDATES])
         upd_lengths = a.upd_len[:n_upd]
@@ -336,6 +338,8 @@ class BacktrackingTM:
             "syn_perm_values": perm_values,
             "syn_perm_index": perm_index.astype(_uint_dtype(max(perm_values.size - 1, 0))),
             "syn_missing_forward": missing.astype(_uint_dtype(max(src.size, 1))),
+            "fwd_counts": fwd_counts.astype(_uint_dtype(int(fwd_counts.max(initial=0)))),
+            "fwd_entries": fwd_entries.astype(_uint_dtype(max(2 * n - 1, 0))),
             "inf_active": np.sort(self._members(k.INF_ACTIVE)).astype(cell_dtype),
             "inf_predicted": np.sort(self._members(k.INF_PRED)).astype(cell_dtype),
             "lrn_active": np.sort(self._members(k.LRN_ACTIVE)).astype(cell_dtype),
@@ -361,7 +365,7 @@ class BacktrackingTM:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BacktrackingTM:
-        """Rebuild a TM from :meth:`get_state`'s dict (forward index and slot lists included)."""
+        """Rebuild a TM from :meth:`get_state`'s dict (slot lists and list capacities included)."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported BacktrackingTM state format {state.get('format')!r}")
         tm = cls.__new__(cls)
@@ -395,6 +399,16 @@ class BacktrackingTM:
         if src.size != int(seg_len.sum()):
             raise ValueError("synapse arrays do not match the segment lengths")
         n_lists = a.cell_slot_start.shape[0]
+        fwd_counts = np.asarray(state["fwd_counts"], dtype=np.int32)
+        fwd_entries = np.asarray(state["fwd_entries"], dtype=np.int32)
+        missing = np.asarray(state["syn_missing_forward"], dtype=np.int64)
+        if (
+            fwd_counts.shape != (n_lists,)
+            or int(fwd_counts.sum()) != fwd_entries.size
+            or fwd_entries.size != src.size - missing.size
+            or (fwd_entries.size and int(fwd_entries.max()) >= 2 * n)
+        ):
+            raise ValueError("the forward index in the state does not match its synapses")
         tm._a = a = a._replace(
             slot_pool=np.empty(2 * n + 4 * n_lists + 1024, dtype=np.int32),
             fwd_pool=np.empty(2 * src.size + 4 * n_lists + 1024, dtype=np.int32),
@@ -405,7 +419,9 @@ class BacktrackingTM:
             src,
             np.asarray(state["syn_perm_values"], dtype=np.float32),
             np.asarray(state["syn_perm_index"]),
-            np.asarray(state["syn_missing_forward"], dtype=np.int64),
+            missing,
+            fwd_counts,
+            fwd_entries,
         )
         for g in np.asarray(state["free_segments"], dtype=np.int64):
             cell = a.seg_cell[g]
