@@ -165,6 +165,8 @@ class BacktrackingTM:
         pf[k.PF_MAX] = c["permanence_max"]
         g = -(-segment_capacity // 8) * 8  # activity counts are scanned 8 bytes at a time
         inf_rows = c["max_inf_backtrack"] + 2
+        # synapse sources are most of the TM's memory: 16 bits whenever the cell ids fit
+        source_dtype = np.uint16 if n_cells <= 1 << 16 else np.int32
         lrn_rows = c["max_lrn_backtrack"] + 2
         return k.TMArrays(
             p=p,
@@ -184,20 +186,20 @@ class BacktrackingTM:
             seg_dc_it=np.zeros(g, dtype=np.int64),
             seg_free_next=np.full(g, -1, dtype=np.int32),
             seg_is_free=np.zeros(g, dtype=np.uint8),
-            syn_src=np.empty((g, stride), dtype=np.int32),  # only [:seg_len] is ever read
+            syn_src=np.empty((g, stride), dtype=source_dtype),  # only [:seg_len] is ever read
             syn_perm=np.empty((g, stride), dtype=np.float32),
-            cell_slot_start=np.zeros(n_cells, dtype=np.int64),
+            cell_slot_start=np.zeros(n_cells, dtype=np.int32),
             cell_slot_len=np.zeros(n_cells, dtype=np.int32),
             cell_slot_cap=np.zeros(n_cells, dtype=np.int32),
             slot_pool=np.zeros(4 * n_cells, dtype=np.int32),
             cell_free_head=np.full(n_cells, -1, dtype=np.int32),
-            fwd_start=np.zeros(n_cells, dtype=np.int64),
+            fwd_start=np.zeros(n_cells, dtype=np.int32),
             fwd_len=np.zeros(n_cells, dtype=np.int32),
             fwd_cap=np.zeros(n_cells, dtype=np.int32),
             fwd_pool=np.zeros(8 * n_cells, dtype=np.int32),
             seg_count=np.zeros(g, dtype=np.uint16),
             seg_stale=np.zeros(g, dtype=np.uint8),
-            reach_seg=np.zeros(g, dtype=np.int64),
+            reach_seg=np.zeros(g, dtype=np.int32),
             reach_count=np.zeros(g, dtype=np.int32),
             reach_connected=np.zeros(g, dtype=np.int32),
             st_flag=np.zeros((k.N_STATES, n_cells), dtype=np.uint8),
