@@ -259,8 +259,14 @@ class BacktrackingTM:
             if not (name.startswith(("seg_", "syn_", "reach_"))):
                 continue
             old = getattr(a, name)
-            fill = -1 if name == "seg_free_next" else 0
-            new = np.full((capacity,) + old.shape[1:], fill, dtype=old.dtype)
+            shape = (capacity,) + old.shape[1:]
+            if name.startswith("syn_"):
+                # rows are read only up to seg_len: untouched capacity costs no resident memory
+                new = np.empty(shape, dtype=old.dtype)
+            elif name == "seg_free_next":
+                new = np.full(shape, -1, dtype=old.dtype)
+            else:
+                new = np.zeros(shape, dtype=old.dtype)
             new[:n] = old[:n]
             grown[name] = new
         self._a = a._replace(**grown)
