@@ -380,7 +380,8 @@ class BacktrackingTM:
         tm._config = cls._checked_config(dict(state["config"]))
         seg_len = np.asarray(state["seg_len"], dtype=np.int32)
         n = seg_len.size
-        tm._a = tm._allocate(segment_capacity=max(1024, n * 3 // 2))
+        # small headroom: _reserve grows the arrays by half once a step could outrun it
+        tm._a = tm._allocate(segment_capacity=n + 1024)
         a = tm._a
         a.s[k.S_N_ITERATIONS] = state["n_iterations"]
         a.s[k.S_N_LRN_ITERATIONS] = state["n_lrn_iterations"]
