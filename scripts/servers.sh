@@ -128,8 +128,8 @@ rmq_stop() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$RMQ_PID"
-  # epmd outlives the node; stop the one bound to loopback for this HOME.
-  pkill -f "epmd -address 127.0.0.1" 2>/dev/null || true
+  # epmd outlives the node; it refuses to stop while other Erlang nodes are registered with it.
+  epmd -kill >/dev/null 2>&1 || true
 }
 
 status() {
