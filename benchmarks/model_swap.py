@@ -29,11 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _suite import scrape_metrics  # noqa: E402
 
 from htmengine.htm.model import ScalarAnomalyModel  # noqa: E402
 from htmengine.htm.params import get_scalar_metric_params  # noqa: E402
@@ -109,16 +110,6 @@ def run_inprocess(args: argparse.Namespace) -> None:
         )
 
 
-def scheduler_metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            values[key] = float(value)
-    return values
-
-
 def prepare_models(count: int, history: int, params: dict) -> tuple[list[str], int]:
     """One model trained on `history` rows, saved, and cloned `count` times."""
     archive = CheckpointManager()
@@ -190,7 +181,7 @@ def run_steady(args: argparse.Namespace) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if scheduler_metrics(port).get("htmengine_scheduler_slots", 0) >= args.slots:
+                if scrape_metrics(port).get("htmengine_scheduler_slots", 0) >= args.slots:
                     break
             except OSError:
                 pass
@@ -200,7 +191,7 @@ def run_steady(args: argparse.Namespace) -> None:
             f"{'full saves':>10} {'bytes/row':>10}"
         )
         for cycle in range(args.cycles):
-            before = scheduler_metrics(port)
+            before = scrape_metrics(port)
             rowid = args.history + cycle + 1
             started = time.perf_counter()
             for model_id in model_ids:
@@ -215,7 +206,7 @@ def run_steady(args: argparse.Namespace) -> None:
                 pending.discard(model_id)
                 message.ack()
             seconds = time.perf_counter() - started
-            after = scheduler_metrics(port)
+            after = scrape_metrics(port)
 
             def delta(key: str, after=after, before=before) -> float:
                 return after.get(key, 0.0) - before.get(key, 0.0)
