@@ -30,6 +30,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from htmengine.htm._jit import entry_kernel
 from htmengine.htm.rng import rng_sample, rng_uint32
 
 # p: int64 parameters
@@ -1310,6 +1311,7 @@ def _update_avg_learned_seq_length(a, seq_length):
 # one step (§4.3)
 
 
+@entry_kernel
 @njit(cache=True)
 def tm_compute(a, cols, learn):
     """One ``Cells4::compute`` with inference on; returns the columns of nonzero confidence."""
@@ -1360,6 +1362,7 @@ def confident_columns(a):
 # checkpoint support
 
 
+@entry_kernel
 @njit(cache=True)
 def pack_synapses(a):
     """Synapses in segment order as (sources, permanence table, index into it, missing).
@@ -1444,6 +1447,7 @@ def _missing_forward_entries(a, total):
     return missing[:m]
 
 
+@entry_kernel
 @njit(cache=True)
 def pack_forward_index(a):
     """The forward index as (entries per source cell, every list's entries in list order).
@@ -1465,6 +1469,7 @@ def pack_forward_index(a):
     return a.fwd_len.copy(), entries
 
 
+@entry_kernel
 @njit(cache=True)
 def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing, fwd_counts, fwd_entries):
     """Inverse of :func:`pack_synapses` and :func:`pack_forward_index`: segments, connected

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from htmengine.htm._jit import entry_kernel
 from htmengine.htm.rng import Random, rng_shuffle, rng_uint32
 
 _MAX_BUCKETS = 1000  # NuPIC's INITIAL_BUCKETS: bucket indices are clipped into [0, 999]
@@ -87,6 +88,7 @@ def _new_representation(
             member[bit] = 0
 
 
+@entry_kernel
 @njit(cache=True)
 def _ensure_bucket(
     rng_state: np.ndarray, buckets: np.ndarray, bounds: np.ndarray, index: int, n: int

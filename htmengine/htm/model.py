@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from htmengine.htm import serialization
+from htmengine.htm import _jit, serialization
 from htmengine.htm.anomaly import compute_raw_score
 from htmengine.htm.backtracking_tm import BacktrackingTM
 from htmengine.htm.encoders import MultiEncoder, RandomDistributedScalarEncoder, TimeOfDayEncoder
@@ -99,6 +99,7 @@ class ScalarAnomalyModel:
         raw = compute_raw_score(active, self.prev_predicted)
         self.prev_predicted = predicted
         self.records_seen += 1
+        _jit.release_compiler_memory()
         if self.version == "0.3.4":
             return float(raw)
         return float(np.float32(raw))
@@ -119,7 +120,9 @@ class ScalarAnomalyModel:
         ):
             for key, value in component.get_state().items():
                 state[f"{prefix}.{key}"] = value
-        return serialization.pack(state, CHECKPOINT_KIND, compress=compress)
+        blob = serialization.pack(state, CHECKPOINT_KIND, compress=compress)
+        _jit.release_compiler_memory()  # the first save loads the packing kernels
+        return blob
 
     @classmethod
     def load(cls, blob: bytes) -> ScalarAnomalyModel:

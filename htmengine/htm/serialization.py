@@ -73,7 +73,9 @@ def unpack(blob: bytes, kind: str) -> dict[str, Any]:
     """Inverse of :func:`pack`; arrays come back writable. Checks magic, version, kind and CRC."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise CheckpointFormatError(f"a checkpoint is bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
+    # no copies of the whole blob: each array is copied once, out of a view (a model's arrays are
+    # most of its memory, and a freed multi-MB temporary makes glibc serve later arrays from the heap)
+    blob = memoryview(blob).cast("B")
     if len(blob) < _PREFIX.size:
         raise CheckpointFormatError("not a checkpoint: too short")
     magic, version, flags, crc = _PREFIX.unpack_from(blob)
@@ -83,20 +85,21 @@ def unpack(blob: bytes, kind: str) -> dict[str, Any]:
         raise CheckpointFormatError(
             f"checkpoint format version {version} is not supported (this code reads {FORMAT_VERSION})"
         )
-    body: bytes | bytearray = blob[_PREFIX.size :]
+    body = blob[_PREFIX.size :]
     if zlib.crc32(body) != crc:
         raise CheckpointFormatError("checkpoint is corrupt or truncated (checksum mismatch)")
     if flags & ~_FLAG_ZLIB:
         raise CheckpointFormatError(f"checkpoint uses unknown flags {flags:#x}")
     try:
-        body = bytearray(zlib.decompress(body) if flags & _FLAG_ZLIB else body)
+        if flags & _FLAG_ZLIB:
+            body = memoryview(zlib.decompress(body))
         (header_len,) = _HEADER_LEN.unpack_from(body)
         header = json.loads(bytes(body[_HEADER_LEN.size : _HEADER_LEN.size + header_len]))
         if header.get("kind") != kind:
             raise CheckpointFormatError(
                 f"checkpoint holds a {header.get('kind')!r}, expected a {kind!r}"
             )
-        data = memoryview(body)[_HEADER_LEN.size + header_len :]
+        data = body[_HEADER_LEN.size + header_len :]
         state: dict[str, Any] = dict(header["values"])
         for key, spec in header["arrays"].items():
             dtype = np.dtype(spec["dtype"])
@@ -108,7 +111,7 @@ def unpack(blob: bytes, kind: str) -> dict[str, Any]:
             if start < 0 or start + count * dtype.itemsize > len(data):
                 raise CheckpointFormatError(f"array {key!r} runs past the end of the checkpoint")
             array = np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
-            state[key] = array.astype(dtype.newbyteorder("="), copy=False)
+            state[key] = array.astype(dtype.newbyteorder("="))  # a writable copy
     except CheckpointFormatError:
         raise
     except (zlib.error, struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from htmengine.htm._jit import entry_kernel
 from htmengine.htm.rng import Random, rng_real64, rng_sample
 
 VERSIONS = ("0.5.6", "0.3.4")
@@ -64,6 +65,7 @@ def _store_column(
         row[j] = p if p >= trim_threshold else zero
 
 
+@entry_kernel
 @njit(cache=True)
 def _initialize(
     rng_state: np.ndarray,
@@ -120,6 +122,7 @@ def _initialize(
         )
 
 
+@entry_kernel
 @njit(cache=True)
 def _overlaps(connected_by_input: np.ndarray, on_bits: np.ndarray) -> np.ndarray:
     overlaps = np.zeros(connected_by_input.shape[1], dtype=np.int32)
@@ -130,6 +133,7 @@ def _overlaps(connected_by_input: np.ndarray, on_bits: np.ndarray) -> np.ndarray
     return overlaps
 
 
+@entry_kernel
 @njit(cache=True)
 def _inhibit_ties_to_higher_index(overlaps: np.ndarray, num_active: int) -> np.ndarray:
     """Top ``num_active`` overlaps; among equal overlaps the higher column index wins (v0.5.6)."""
@@ -156,6 +160,7 @@ def _inhibit_ties_to_higher_index(overlaps: np.ndarray, num_active: int) -> np.n
     return np.sort(active)
 
 
+@entry_kernel
 @njit(cache=True)
 def _inhibit_with_tie_breaker(
     overlaps: np.ndarray, tie_breaker: np.ndarray, num_active: int
@@ -166,6 +171,7 @@ def _inhibit_with_tie_breaker(
     return np.sort(order[:num_active].astype(np.int32))
 
 
+@entry_kernel
 @njit(cache=True)
 def _learn(
     on_bits: np.ndarray,
