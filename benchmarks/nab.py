@@ -1,13 +1,15 @@
 """Run our "numenta" detector over the NAB corpus, write NAB-layout results, report parity and scores.
 
     python benchmarks/nab.py [--nab-dir ../shared/nab] [--out benchmarks/out] [--workers N]
-                             [--only SUBSTRING ...]
+                             [--only SUBSTRING ...] [--variant numenta|debounced]
 
 Results go to ``<out>/<detector>/<category>/<detector>_<name>.csv`` (timestamp, value, anomaly_score,
 raw_score, label), the layout NAB's own scorer reads. Printed: per-file parity with NuPIC 0.5.6's
 published ``results/numenta`` (fraction of rows equal within 1e-6 and the first diverging row, for the
 raw and the final score), and, when all 58 files ran, the NAB scores of the three profiles from
-``htmengine.evaluation.nab`` next to the published numenta figures.
+``htmengine.evaluation.nab`` next to the published numenta figures. ``--variant debounced`` runs
+``DebouncedNumentaDetector`` instead (same HTM, so raw parity still holds; final scores differ where
+it lowers repeated alarms), by default into the results name ``htmengine_debounced``.
 """
 
 from __future__ import annotations
@@ -36,10 +38,14 @@ from htmengine.evaluation.nab import (  # noqa: E402
     result_path,
     score_detector,
 )
-from htmengine.htm.nab_detector import NumentaDetector  # noqa: E402
+from htmengine.htm.nab_detector import DebouncedNumentaDetector, NumentaDetector  # noqa: E402
 
 PARITY_TOLERANCE = 1e-6
 ORACLE_DETECTOR = "numenta"
+VARIANTS: dict[str, type[NumentaDetector]] = {
+    "numenta": NumentaDetector,
+    "debounced": DebouncedNumentaDetector,
+}
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,9 @@ class Parity:
     first_divergence: int | None  # row index, None if every row agrees
 
 
-def run_file(data_file: DataFile, version: str) -> FileRun:
+def run_file(data_file: DataFile, version: str, variant: str = "numenta") -> FileRun:
     """Score every row of one file with a fresh detector, as NAB does."""
-    detector = NumentaDetector.for_values(data_file.values.tolist(), version=version)
+    detector = VARIANTS[variant].for_values(data_file.values.tolist(), version=version)
     final = np.empty(data_file.n_rows)
     raw = np.empty(data_file.n_rows)
     start = time.perf_counter()
@@ -68,7 +74,7 @@ def run_file(data_file: DataFile, version: str) -> FileRun:
     return FileRun(data_file.key, final, raw, time.perf_counter() - start)
 
 
-def _run_file_job(job: tuple[DataFile, str]) -> FileRun:
+def _run_file_job(job: tuple[DataFile, str, str]) -> FileRun:
     return run_file(*job)
 
 
@@ -131,13 +137,25 @@ def main(argv: list[str] | None = None) -> int:
         help="NAB corpus (data/, labels/, config/, results/); default $HTMENGINE_NAB_DIR or ../shared/nab",
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
-    parser.add_argument("--detector", default="htmengine", help="name used in the results layout")
+    parser.add_argument(
+        "--detector",
+        default=None,
+        help="name used in the results layout; default htmengine, or htmengine_<variant>",
+    )
+    parser.add_argument(
+        "--variant",
+        default="numenta",
+        choices=tuple(VARIANTS),
+        help="numenta: NuPIC 0.5.6's detector; debounced: same, repeated alarms lowered",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--version", default="0.5.6", choices=("0.5.6", "0.3.4"))
     parser.add_argument(
         "--only", nargs="*", default=None, help="run only files whose key contains one of these"
     )
     args = parser.parse_args(argv)
+    if args.detector is None:
+        args.detector = "htmengine" if args.variant == "numenta" else f"htmengine_{args.variant}"
 
     if not (args.nab_dir / "data").is_dir():
         parser.error(f"NAB corpus not found at {args.nab_dir} (use --nab-dir or HTMENGINE_NAB_DIR)")
@@ -152,13 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     selected.sort(key=lambda f: f.n_rows, reverse=True)  # longest first: better load balance
     total_rows = sum(f.n_rows for f in selected)
     print(
-        f"{len(selected)} files, {total_rows} rows, {args.workers} workers, params {args.version}",
+        f"{len(selected)} files, {total_rows} rows, {args.workers} workers, params {args.version}, "
+        f"detector {args.variant}",
         flush=True,
     )
 
     runs: dict[str, FileRun] = {}
     wall_start = time.perf_counter()
-    jobs = [(f, args.version) for f in selected]
+    jobs = [(f, args.version, args.variant) for f in selected]
     with Pool(processes=args.workers) as pool, tqdm(total=total_rows, unit="row") as bar:
         for run in pool.imap_unordered(_run_file_job, jobs):
             runs[run.key] = run

@@ -6,7 +6,16 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from htmengine.htm.nab_detector import FinalScorer, NumentaDetector, nab_probationary_period
+from htmengine.htm.nab_detector import (
+    ALARM_LEVEL,
+    DEBOUNCE_ROWS,
+    REPEAT_LEVEL,
+    DebouncedFinalScorer,
+    DebouncedNumentaDetector,
+    FinalScorer,
+    NumentaDetector,
+    nab_probationary_period,
+)
 
 PROBATION_SCORE = 0.0301029996658834  # log_likelihood(0.5)
 
@@ -86,3 +95,97 @@ def test_detector_matches_nupic_on_art_daily_jumpsup(nab_dir):
     raw_mismatch = np.flatnonzero(np.abs(out[:, 1] - raws) > 1e-6)
     assert raw_mismatch.size == 0, f"raw score diverges first at row {raw_mismatch[:1]}"
     assert np.max(np.abs(out[:, 0] - finals)) < 1e-6
+
+
+# --- debounced variant ---
+
+
+class ScriptedFinalScorer(DebouncedFinalScorer):
+    """Debouncing on top of a scripted base score (the value is the score), so tests need no HTM."""
+
+    def __init__(self, debounce_rows: int = DEBOUNCE_ROWS) -> None:
+        super().__init__(probationary_period=600.0, debounce_rows=debounce_rows)
+
+    def debounce_all(self, base_scores: list[float]) -> list[float]:
+        return [self.score(s, s) for s in base_scores]
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Make ``FinalScorer.score`` return the value it is given, for ``DebouncedFinalScorer`` tests."""
+    monkeypatch.setattr(FinalScorer, "score", lambda self, value, raw_score: value)
+    return ScriptedFinalScorer
+
+
+def test_debounce_levels_are_nupic_red_and_yellow():
+    assert ALARM_LEVEL == pytest.approx(0.5, abs=1e-6)
+    assert REPEAT_LEVEL == pytest.approx(0.3, abs=1e-8)
+    assert DEBOUNCE_ROWS == 9
+
+
+def test_debounce_lowers_alarms_within_the_window_of_a_previous_one(scripted):
+    quiet = 0.03
+    scores = [1.0] + [quiet] * 8 + [0.7] + [quiet] * 9 + [0.9]
+    # Row 9 is 9 rows after the spatial alarm at row 0: lowered to yellow. Row 19 is 10 rows after
+    # row 9 (itself an alarm-level score, though lowered): reported.
+    expected = list(scores)
+    expected[9] = REPEAT_LEVEL
+    assert scripted().debounce_all(scores) == expected
+
+
+def test_debounce_chains_through_lowered_alarms(scripted):
+    # Alarms 5 rows apart: only the first of the burst stays an alarm.
+    scores = [0.8 if i % 5 == 0 else 0.03 for i in range(31)]
+    out = scripted().debounce_all(scores)
+    assert out[0] == 0.8
+    assert all(out[i] == REPEAT_LEVEL for i in range(5, 31, 5))
+
+
+def test_debounce_ignores_scores_below_the_alarm_level(scripted):
+    # They neither start a burst nor are lowered; a score exactly at the alarm level is an alarm.
+    scores = [0.49, 0.45, ALARM_LEVEL, 0.2, ALARM_LEVEL]
+    out = scripted().debounce_all(scores)
+    assert out == [0.49, 0.45, ALARM_LEVEL, 0.2, REPEAT_LEVEL]
+
+
+def test_debounce_window_is_configurable(scripted):
+    scores = [1.0, 0.03, 0.03, 1.0]
+    assert scripted(debounce_rows=2).debounce_all(scores) == scores
+    assert scripted(debounce_rows=3).debounce_all(scores)[3] == REPEAT_LEVEL
+
+
+def test_debounced_scorer_keeps_the_numenta_score_of_a_first_alarm():
+    """Through the real likelihood: the spatial alarm is kept, the one 5 rows later is lowered."""
+    plain = FinalScorer(probationary_period=600.0)
+    debounced = DebouncedFinalScorer(probationary_period=600.0)
+    values = [10.0, 20.0, 15.0, 100.0, 12.0, 14.0, 13.0, 11.0, 250.0]
+    expected = [plain.score(v, 0.0) for v in values]
+    out = [debounced.score(v, 0.0) for v in values]
+    assert expected[3] == expected[8] == 1.0  # both spatial anomalies for the 0.5.6 rule
+    assert out[3] == 1.0
+    assert out[8] == REPEAT_LEVEL
+    assert out[:8] == expected[:8]
+
+
+def test_debounced_detector_uses_the_debounced_scorer():
+    detector = DebouncedNumentaDetector.for_values([1.0, 2.0, 3.0])
+    assert isinstance(detector, NumentaDetector)
+    assert isinstance(detector.final_scorer, DebouncedFinalScorer)
+    assert type(NumentaDetector.for_values([1.0, 2.0, 3.0]).final_scorer) is FinalScorer
+
+
+@pytest.mark.nab
+def test_debounced_detector_changes_no_raw_score_and_lowers_only_repeats(nab_dir):
+    """On NuPIC's raw scores of a file with alarm bursts: only repeated alarms differ from numenta."""
+    _, values, finals, raws = read_oracle(nab_dir, "realKnownCause/rogue_agent_key_updown.csv")
+    scorer = DebouncedFinalScorer(nab_probationary_period(len(values)))
+    ours = np.array(
+        [scorer.score(v, float(np.float32(r))) for v, r in zip(values, raws, strict=True)]
+    )
+    changed = np.flatnonzero(np.abs(ours - finals) > 1e-9)
+    assert changed.size > 0
+    alarms = np.flatnonzero(finals >= ALARM_LEVEL)
+    for row in changed:
+        assert ours[row] == REPEAT_LEVEL
+        earlier = alarms[(alarms < row) & (alarms >= row - DEBOUNCE_ROWS)]
+        assert earlier.size > 0, f"row {row} lowered without an alarm in the previous 9 rows"
