@@ -54,6 +54,7 @@ REJECTED_QUEUE_SUFFIX = ".rejected"
 
 # AMQP reply code of a missing queue or exchange.
 _NOT_FOUND = 404
+_PRECONDITION_FAILED = 406
 
 # Seconds between heartbeats. Long enough for a consumer to spend a few minutes on one batch
 # without calling into pika (the broker drops a connection after two missed heartbeats).
@@ -299,15 +300,22 @@ class MessageBus:
 
         return self._retrying(declare, f"declare queue {name}")
 
-    def delete_queue(self, name: str) -> int:
-        """Delete a queue (a missing one is fine) and return how many messages it held."""
+    def delete_queue(self, name: str, *, if_empty: bool = False) -> int | None:
+        """Delete a queue (a missing one is fine) and return how many messages it held.
 
-        def delete() -> int:
+        With `if_empty`, the broker deletes it only if it holds no ready message, atomically; a
+        queue that does is kept and None is returned (checking first and deleting after would
+        lose whatever is published in between).
+        """
+
+        def delete() -> int | None:
             try:
-                frame = self._publish_ch().queue_delete(name)
+                frame = self._publish_ch().queue_delete(name, if_empty=if_empty)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code == _NOT_FOUND:
                     return 0
+                if if_empty and exc.reply_code == _PRECONDITION_FAILED:
+                    return None
                 raise self._on_channel_closed(exc, "queue", name) from exc
             return frame.method.message_count
 

@@ -325,14 +325,11 @@ class ModelRunner:
             self._checkpoint(session, run_batch_ids, run_rows, report)
         for batch in to_ack:
             batch.ack()
-        if session.deleted:
-            if self.swapper.modelInputPending(model_id):
-                # Requests after the delete (``monitor --force``: unmonitor, then at once a new
-                # defineModel and backlog): serve them as for a model not defined yet.
-                _log.info("model %s: requests follow its deletion; serving them", model_id)
-                session.deleted = False
-            else:
-                self.swapper.cleanUpAfterModelDeletion(model_id)
+        if session.deleted and not self.swapper.cleanUpAfterModelDeletion(model_id):
+            # Requests after the delete (``monitor --force``: unmonitor, then at once a new
+            # defineModel and backlog): serve them as for a model not defined yet.
+            _log.info("model %s: requests follow its deletion; serving them", model_id)
+            session.deleted = False
         return drained
 
     def _process_batch(

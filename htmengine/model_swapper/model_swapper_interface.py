@@ -525,9 +525,13 @@ class ModelSwapperInterface:
         except MessageQueueNotFound:
             return False
 
-    def cleanUpAfterModelDeletion(self, modelID: str) -> None:
-        """Delete the model's input queue (the runner calls it after deleting the model)."""
-        self.bus.delete_queue(self.model_input_queue(modelID))
+    def cleanUpAfterModelDeletion(self, modelID: str) -> bool:
+        """Delete the model's input queue unless requests wait in it; True if it is gone.
+
+        The runner calls it after deleting the model. Requests published after the delete (a new
+        defineModel, say) keep the queue, atomically, and the runner serves them.
+        """
+        return self.bus.delete_queue(self.model_input_queue(modelID), if_empty=True) is not None
 
     # --- runner side ------------------------------------------------------------------------------
 

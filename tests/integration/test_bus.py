@@ -148,6 +148,15 @@ def test_purge_and_delete_report_counts(bus: MessageBus, queue: str) -> None:
         bus.declare_queue(queue, passive=True)
 
 
+def test_delete_if_empty_keeps_a_queue_with_messages(bus: MessageBus, queue: str) -> None:
+    bus.publish(queue, b"late request")
+    assert bus.delete_queue(queue, if_empty=True) is None
+    assert _drain(bus, queue) == [b"late request"]
+    assert bus.delete_queue(queue, if_empty=True) == 0
+    with pytest.raises(MessageQueueNotFound):
+        bus.declare_queue(queue, passive=True)
+
+
 def test_consumer_ends_when_its_queue_is_deleted(app, bus: MessageBus, queue: str) -> None:
     consumer = bus.consume(queue, inactivity_timeout=0.2)
     assert next(consumer) is None

@@ -44,8 +44,10 @@ class FakeBus:
         self.queues[name].clear()
         return count
 
-    def delete_queue(self, name: str) -> None:
-        self.queues.pop(name, None)
+    def delete_queue(self, name: str, *, if_empty: bool = False) -> int | None:
+        if if_empty and self.queues.get(name):
+            return None
+        return len(self.queues.pop(name, []))
 
     def publish(self, queue: str, body: bytes, *, persistent: bool = True, headers=None) -> None:
         if queue not in self.queues:

@@ -62,6 +62,16 @@ def test_delete_model_purges_then_submits_and_is_idempotent(swapper) -> None:
     swapper.deleteModel("m1", "del")  # queue gone: no error
 
 
+def test_clean_up_keeps_an_input_queue_that_got_requests_after_the_delete(swapper) -> None:
+    swapper.bus.declare_queue("app.input.m1")
+    swapper.submitRequests("m1", [ModelInputRow(1, [1.0])])
+    assert not swapper.cleanUpAfterModelDeletion("m1")
+    assert swapper.modelInputPending("m1")
+    swapper.bus.queues["app.input.m1"].clear()
+    assert swapper.cleanUpAfterModelDeletion("m1")
+    assert "app.input.m1" not in swapper.bus.queues
+
+
 def test_results_queue_is_declared_on_first_submit(swapper) -> None:
     swapper.submitResults("m1", [ModelInferenceResult(1, 0, 0.5)])
     assert len(swapper.bus.queues["app.results"]) == 1
