@@ -10,6 +10,7 @@ import importlib
 import math
 import sys
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -144,3 +145,42 @@ def test_component_bytes_htm_core_cannot_read_raise_checkpoint_format_error(
     state["tm"] = state["tm"][:64]  # a well-formed container around a truncated component
     with pytest.raises(CheckpointFormatError, match="htm.core could not load"):
         backend.HtmCoreAnomalyModel.load(serialization.pack(state, backend.CHECKPOINT_KIND))
+
+
+class FlakyRdse:
+    """Stands in for htm.core's RDSE: refuses the first ``failures`` constructions."""
+
+    constructions = 0
+
+    def __init__(self, params: Any, failures: int, message: str) -> None:
+        FlakyRdse.constructions += 1
+        if FlakyRdse.constructions <= failures:
+            raise RuntimeError(message)
+        self.params = params
+
+
+def fake_htm(failures: int, message: str) -> SimpleNamespace:
+    FlakyRdse.constructions = 0
+    return SimpleNamespace(
+        RDSE_Parameters=SimpleNamespace,
+        RDSE=lambda params: FlakyRdse(params, failures, message),
+    )
+
+
+def test_value_encoder_retries_only_htm_cores_random_self_check() -> None:
+    from htmengine.htm import htmcore_backend
+
+    spec = model_config()["modelParams"]["sensorParams"]["encoders"]["c1"]
+    check_failure = "CHECK FAILED: Failed hash collision resistance check, please increase size"
+    encoder = htmcore_backend._make_value_encoder(fake_htm(3, check_failure), spec)
+    assert FlakyRdse.constructions == 4
+    assert (encoder.params.size, encoder.params.activeBits, encoder.params.seed) == (400, 21, 42)
+    assert encoder.params.resolution == spec["resolution"]
+
+    with pytest.raises(RuntimeError, match="hash collision"):
+        htmcore_backend._make_value_encoder(fake_htm(100, check_failure), spec)
+    assert FlakyRdse.constructions == htmcore_backend._RDSE_CHECK_ATTEMPTS
+
+    with pytest.raises(RuntimeError, match="resolution must be positive"):
+        htmcore_backend._make_value_encoder(fake_htm(1, "resolution must be positive"), spec)
+    assert FlakyRdse.constructions == 1
