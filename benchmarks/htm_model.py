@@ -27,10 +27,11 @@ DEFAULT_FILE = "realKnownCause/machine_temperature_system_failure.csv"
 
 # Run in a fresh interpreter. Baselines: after importing numpy+numba, then after the first call of any
 # jitted function (Numba's LLVM runtime, paid once per process whatever the model); then one model
-# loaded from the checkpoint and stepped once. Prints both differences in bytes.
+# loaded from the checkpoint and stepped once; then after 1,000 more rows (the file's first values
+# again, five minutes apart: the model keeps learning, so its arrays grow). Prints bytes above both.
 _MEMORY_PROBE = """
 import gc, sys
-from datetime import datetime
+from datetime import datetime, timedelta
 import numba, numpy, psutil
 process = psutil.Process()
 def rss():
@@ -45,7 +46,11 @@ model = ScalarAnomalyModel.load(blob)
 del blob
 model.run(datetime(2014, 1, 1), 0.0)
 used = rss()
-print(used - base, used - jit_base)
+values = [float(v) for v in sys.argv[2:]]
+for i, value in enumerate(values):
+    model.run(datetime(2014, 1, 1) + timedelta(minutes=5 * (i + 1)), value)
+later = rss()
+print(used - base, used - jit_base, later - jit_base)
 """
 
 
@@ -135,14 +140,15 @@ def main() -> None:
         handle.write(blob)
         handle.flush()
         probe = subprocess.run(
-            [sys.executable, "-c", _MEMORY_PROBE, handle.name],
+            [sys.executable, "-c", _MEMORY_PROBE, handle.name]
+            + [repr(value) for _, value in rows[:1000]],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             capture_output=True,
             text=True,
             check=True,
         )
-    above_imports, above_jit = (int(n) / 2**20 for n in probe.stdout.split())
+    above_imports, above_jit, after_more_rows = (int(n) / 2**20 for n in probe.stdout.split())
 
     n = len(rows)
     print(f"file                  {args.file} ({n} rows)")
@@ -164,7 +170,8 @@ def main() -> None:
     print(f"save / load (zlib)    {save_z_ms:.1f} ms / {load_z_ms:.1f} ms (median)")
     print(
         f"resident memory       {above_jit:.1f} MiB above python + numpy + numba with its JIT "
-        f"runtime started ({above_imports:.1f} MiB above the bare imports)"
+        f"runtime started ({above_imports:.1f} MiB above the bare imports); "
+        f"{after_more_rows:.1f} MiB after 1,000 more rows"
     )
 
 

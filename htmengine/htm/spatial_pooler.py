@@ -9,7 +9,10 @@ unlearned columns when ``learn`` is false either).
 
 State is sparse where it pays: each column's potential pool is a fixed-size sorted index row and its
 permanences live beside it (``pool_perms[c, j]`` belongs to input ``pool_inputs[c, j]``); the
-connected synapses are mirrored input-major so a record's overlaps are 42 row additions.
+connected synapses are mirrored input-major so a record's overlaps are 42 row additions. Every
+pooler with one parameter set starts from the same seeded tables, shared read-only in the process;
+a pooler owns a permanence row only for a column that has learned (a few hundred of 2,048 after a
+NAB file), copied from the shared row the first time the column changes.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ _F32 = np.float32
 
 @njit(cache=True)
 def _store_column(
-    pool_inputs: np.ndarray,
-    pool_perms: np.ndarray,
+    inputs: np.ndarray,
+    row: np.ndarray,
     connected_by_input: np.ndarray,
     column: int,
     perms: np.ndarray,
@@ -42,10 +45,10 @@ def _store_column(
 ) -> None:
     """NuPIC's updatePermanencesForColumn_ (raise loop is a clip at stimulus threshold 0).
 
+    ``row`` is the column's stored permanence row (``inputs`` its pool), updated in place.
     Invariant: ``connected_by_input[i, c] == (stored permanence >= connected_perm)`` (trimming never
     crosses the threshold), so the mirror is only written where connectedness flips.
     """
-    row = pool_perms[column]
     zero = np.float32(0.0)
     one = np.float32(1.0)
     flips = 0
@@ -59,7 +62,7 @@ def _store_column(
         for j in range(perms.shape[0]):
             connected = perms[j] >= connected_perm
             if connected != (row[j] >= connected_perm):
-                connected_by_input[pool_inputs[column, j], column] = 1 if connected else 0
+                connected_by_input[inputs[j], column] = 1 if connected else 0
     for j in range(perms.shape[0]):
         p = min(perms[j], one)
         row[j] = p if p >= trim_threshold else zero
@@ -111,8 +114,8 @@ def _initialize(
             perms[j] = p
             j += 1
         _store_column(
-            pool_inputs,
-            pool_perms,
+            pool_inputs[c],
+            pool_perms[c],
             connected_by_input,
             c,
             perms,
@@ -171,29 +174,47 @@ def _inhibit_with_tie_breaker(
     return np.sort(order[:num_active].astype(np.int32))
 
 
+@njit(cache=True)
+def _own_row(
+    column: int,
+    initial_perms: np.ndarray,
+    own_row: np.ndarray,
+    own_perms: np.ndarray,
+    n_own: np.ndarray,
+) -> np.ndarray:
+    """The pooler's own permanence row of ``column``, copied from the shared table on first use."""
+    r = own_row[column]
+    if r < 0:
+        r = n_own[0]
+        n_own[0] += 1
+        own_row[column] = r
+        own_perms[r] = initial_perms[column]
+    return own_perms[r]
+
+
 @entry_kernel
 @njit(cache=True)
-def _learn(
+def _learn_active(
     on_bits: np.ndarray,
     active: np.ndarray,
     overlaps: np.ndarray,
     pool_inputs: np.ndarray,
-    pool_perms: np.ndarray,
+    initial_perms: np.ndarray,
+    own_row: np.ndarray,
+    own_perms: np.ndarray,
+    n_own: np.ndarray,
     connected_by_input: np.ndarray,
     overlap_duty: np.ndarray,
-    touched: np.ndarray,
-    min_overlap_duty: np.float32,
     iteration: int,
     duty_cycle_period: int,
     active_inc: np.float32,
     inactive_dec: np.float32,
-    below_stimulus_inc: np.float32,
     connected_perm: np.float32,
     trim_threshold: np.float32,
 ) -> None:
-    """Permanence learning, duty cycles and the weak-column bump of one learning step.
+    """Permanence learning of the active columns, then the overlap duty cycles (one step).
 
-    ``touched`` marks columns whose permanences have moved from their initial values.
+    ``own_perms`` must have room for every active column not yet owned.
     """
     num_inputs = connected_by_input.shape[0]
     pool_size = pool_inputs.shape[1]
@@ -202,12 +223,12 @@ def _learn(
         delta[b] = active_inc
     perms = np.empty(pool_size, dtype=np.float32)
     for c in active:
-        touched[c] = 1
+        row = _own_row(c, initial_perms, own_row, own_perms, n_own)
         for j in range(pool_size):
-            perms[j] = pool_perms[c, j] + delta[pool_inputs[c, j]]
+            perms[j] = row[j] + delta[pool_inputs[c, j]]
         _store_column(
-            pool_inputs,
-            pool_perms,
+            pool_inputs[c],
+            row,
             connected_by_input,
             c,
             perms,
@@ -223,14 +244,36 @@ def _learn(
         had_overlap = np.float32(1.0) if overlaps[c] > 0 else np.float32(0.0)
         overlap_duty[c] = (overlap_duty[c] * keep + had_overlap) / divisor
 
+
+@entry_kernel
+@njit(cache=True)
+def _bump_weak_columns(
+    pool_inputs: np.ndarray,
+    initial_perms: np.ndarray,
+    own_row: np.ndarray,
+    own_perms: np.ndarray,
+    n_own: np.ndarray,
+    connected_by_input: np.ndarray,
+    overlap_duty: np.ndarray,
+    min_overlap_duty: np.float32,
+    below_stimulus_inc: np.float32,
+    connected_perm: np.float32,
+    trim_threshold: np.float32,
+) -> None:
+    """Raise every permanence of the columns whose overlap duty is below the minimum.
+
+    ``own_perms`` must have room for every such column not yet owned.
+    """
+    pool_size = pool_inputs.shape[1]
+    perms = np.empty(pool_size, dtype=np.float32)
     for c in range(overlap_duty.shape[0]):
         if overlap_duty[c] < min_overlap_duty:
-            touched[c] = 1
+            row = _own_row(c, initial_perms, own_row, own_perms, n_own)
             for j in range(pool_size):
-                perms[j] = pool_perms[c, j] + below_stimulus_inc
+                perms[j] = row[j] + below_stimulus_inc
             _store_column(
-                pool_inputs,
-                pool_perms,
+                pool_inputs[c],
+                row,
                 connected_by_input,
                 c,
                 perms,
@@ -331,8 +374,8 @@ class SpatialPooler:
         self._trim = _F32(float(self._active_inc) / 2.0)
         self._min_pct_overlap = _F32(self.min_pct_overlap_duty_cycle)
 
-    def _start_from_initial_tables(self) -> None:
-        self.pool_inputs, perms, connected, self.tie_breaker = _initial_tables(
+    def _start_from_initial_tables(self, owned_rows: int = 0) -> None:
+        self.pool_inputs, self._initial_perms, connected, self.tie_breaker = _initial_tables(
             self.num_inputs,
             self.num_columns,
             self._pool_size(),
@@ -341,9 +384,39 @@ class SpatialPooler:
             self._connected,
             self._trim,
         )
-        self.pool_perms = perms.copy()
         self.connected_by_input = connected.copy()
-        self.touched = np.zeros(self.num_columns, dtype=np.uint8)
+        # column -> row of _own_perms, -1 while the column keeps its initial permanences
+        self._own_row = np.full(self.num_columns, -1, dtype=np.int32)
+        self._own_perms = np.empty(
+            (owned_rows + self.num_active_columns, self.pool_inputs.shape[1]), dtype=np.float32
+        )
+        self._n_own = np.zeros(1, dtype=np.int64)
+
+    def _reserve_own_rows(self, new_rows: int) -> None:
+        """Room for ``new_rows`` more owned permanence rows (grown by half, never past the columns)."""
+        needed = int(self._n_own[0]) + new_rows
+        capacity = self._own_perms.shape[0]
+        if needed <= capacity:
+            return
+        grown = np.empty(
+            (min(self.num_columns, max(needed, capacity * 3 // 2)), self._own_perms.shape[1]),
+            dtype=np.float32,
+        )
+        grown[:capacity] = self._own_perms
+        self._own_perms = grown
+
+    @property
+    def touched(self) -> np.ndarray:
+        """1 for the columns whose permanences have moved from their initial values."""
+        return (self._own_row >= 0).astype(np.uint8)
+
+    @property
+    def pool_perms(self) -> np.ndarray:
+        """All columns' permanence rows, as a new dense array (for inspection and tests)."""
+        perms = self._initial_perms.copy()
+        owned = np.flatnonzero(self._own_row >= 0)
+        perms[owned] = self._own_perms[self._own_row[owned]]
+        return perms
 
     def _pool_size(self) -> int:
         scaled = float(_F32(self.num_inputs) * _F32(self.potential_pct))  # f32 product, as in C++
@@ -370,24 +443,41 @@ class SpatialPooler:
             # Core 0.4.10 returns the inhibition winners as they are (no unlearned-column stripping).
             return active
         self.learn_iteration += 1
-        _learn(
+        self._reserve_own_rows(active.size)
+        _learn_active(
             on_bits,
             active,
             overlaps,
             self.pool_inputs,
-            self.pool_perms,
+            self._initial_perms,
+            self._own_row,
+            self._own_perms,
+            self._n_own,
             self.connected_by_input,
             self.overlap_duty,
-            self.touched,
-            self.min_overlap_duty,
             self.iteration,
             self.duty_cycle_period,
             self._active_inc,
             self._inactive_dec,
-            self._below_stimulus_inc,
             self._connected,
             self._trim,
         )
+        weak = self.overlap_duty < self.min_overlap_duty
+        if weak.any():
+            self._reserve_own_rows(int(np.count_nonzero(self._own_row[weak] < 0)))
+            _bump_weak_columns(
+                self.pool_inputs,
+                self._initial_perms,
+                self._own_row,
+                self._own_perms,
+                self._n_own,
+                self.connected_by_input,
+                self.overlap_duty,
+                self.min_overlap_duty,
+                self._below_stimulus_inc,
+                self._connected,
+                self._trim,
+            )
         if self.iteration % _UPDATE_PERIOD == 0:
             self.min_overlap_duty = _F32(self._min_pct_overlap * self.overlap_duty.max())
         return active
@@ -395,7 +485,9 @@ class SpatialPooler:
     def permanences(self, column: int) -> np.ndarray:
         """Dense f32 permanence row of one column (zeros outside the pool)."""
         row = np.zeros(self.num_inputs, dtype=np.float32)
-        row[self.pool_inputs[column]] = self.pool_perms[column]
+        owned = self._own_row[column]
+        perms = self._own_perms[owned] if owned >= 0 else self._initial_perms[column]
+        row[self.pool_inputs[column]] = perms
         return row
 
     def get_state(self) -> dict[str, Any]:
@@ -403,7 +495,7 @@ class SpatialPooler:
 
         Pools and the other columns' permanences are the seeded initial tables, rebuilt on load.
         """
-        touched = np.flatnonzero(self.touched)
+        touched = np.flatnonzero(self._own_row >= 0)
         return {
             "num_inputs": self.num_inputs,
             "num_columns": self.num_columns,
@@ -417,7 +509,7 @@ class SpatialPooler:
             "seed": self.seed,
             "version": self.version,
             "touched_columns": touched.astype(np.uint16),
-            "touched_perms": self.pool_perms[touched],
+            "touched_perms": self._own_perms[self._own_row[touched]],
             "overlap_duty": self.overlap_duty.copy(),
             "min_overlap_duty": float(self.min_overlap_duty),
             "iteration": self.iteration,
@@ -449,16 +541,19 @@ class SpatialPooler:
         if obj.version not in VERSIONS:
             raise ValueError(f"spatial pooler state has unknown version {obj.version!r}")
         obj._derive_constants()
-        obj._start_from_initial_tables()
         columns = np.asarray(state["touched_columns"], dtype=np.int64)
         perms = np.asarray(state["touched_perms"], dtype=np.float32)
+        obj._start_from_initial_tables(owned_rows=columns.size)
         pool_size = obj.pool_inputs.shape[1]
-        if perms.shape != (columns.size, pool_size) or (
-            columns.size and (columns.min() < 0 or columns.max() >= obj.num_columns)
+        if (
+            perms.shape != (columns.size, pool_size)
+            or (columns.size and (columns.min() < 0 or columns.max() >= obj.num_columns))
+            or np.unique(columns).size != columns.size
         ):
             raise ValueError("spatial pooler state: learned columns do not match the parameters")
-        obj.pool_perms[columns] = perms
-        obj.touched[columns] = 1
+        obj._own_perms[: columns.size] = perms
+        obj._own_row[columns] = np.arange(columns.size, dtype=np.int32)
+        obj._n_own[0] = columns.size
         inputs = obj.pool_inputs[columns].ravel()
         obj.connected_by_input[inputs, np.repeat(columns, pool_size)] = (
             perms >= obj._connected
