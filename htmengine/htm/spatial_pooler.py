@@ -194,7 +194,7 @@ def _own_row(
 
 @entry_kernel
 @njit(cache=True)
-def _learn_active(
+def _learn(
     on_bits: np.ndarray,
     active: np.ndarray,
     overlaps: np.ndarray,
@@ -205,16 +205,20 @@ def _learn_active(
     n_own: np.ndarray,
     connected_by_input: np.ndarray,
     overlap_duty: np.ndarray,
+    min_overlap_duty: np.float32,
     iteration: int,
     duty_cycle_period: int,
     active_inc: np.float32,
     inactive_dec: np.float32,
+    below_stimulus_inc: np.float32,
     connected_perm: np.float32,
     trim_threshold: np.float32,
-) -> None:
-    """Permanence learning of the active columns, then the overlap duty cycles (one step).
+) -> int:
+    """Permanence learning, duty cycles and the weak-column bump of one learning step.
 
-    ``own_perms`` must have room for every active column not yet owned.
+    ``own_perms`` must have room for every active column not yet owned. If it has none for the
+    weak columns, the bump is left undone and the number of rows it needs is returned (then
+    :func:`_bump_weak_columns` finishes the step); otherwise 0.
     """
     num_inputs = connected_by_input.shape[0]
     pool_size = pool_inputs.shape[1]
@@ -240,12 +244,35 @@ def _learn_active(
     period = min(duty_cycle_period, iteration)
     keep = np.float32(period - 1)
     divisor = np.float32(period)
+    weak = 0
+    rows_needed = 0
     for c in range(overlap_duty.shape[0]):
         had_overlap = np.float32(1.0) if overlaps[c] > 0 else np.float32(0.0)
-        overlap_duty[c] = (overlap_duty[c] * keep + had_overlap) / divisor
+        duty = (overlap_duty[c] * keep + had_overlap) / divisor
+        overlap_duty[c] = duty
+        if duty < min_overlap_duty:
+            weak += 1
+            rows_needed += own_row[c] < 0
+    if weak == 0:
+        return 0
+    if n_own[0] + rows_needed > own_perms.shape[0]:
+        return rows_needed
+    _bump_weak_columns(
+        pool_inputs,
+        initial_perms,
+        own_row,
+        own_perms,
+        n_own,
+        connected_by_input,
+        overlap_duty,
+        min_overlap_duty,
+        below_stimulus_inc,
+        connected_perm,
+        trim_threshold,
+    )
+    return 0
 
 
-@entry_kernel
 @njit(cache=True)
 def _bump_weak_columns(
     pool_inputs: np.ndarray,
@@ -281,6 +308,37 @@ def _bump_weak_columns(
                 connected_perm,
                 trim_threshold,
             )
+
+
+@entry_kernel
+@njit(cache=True)
+def _bump_weak_columns_entry(
+    pool_inputs: np.ndarray,
+    initial_perms: np.ndarray,
+    own_row: np.ndarray,
+    own_perms: np.ndarray,
+    n_own: np.ndarray,
+    connected_by_input: np.ndarray,
+    overlap_duty: np.ndarray,
+    min_overlap_duty: np.float32,
+    below_stimulus_inc: np.float32,
+    connected_perm: np.float32,
+    trim_threshold: np.float32,
+) -> None:
+    """:func:`_bump_weak_columns` called from Python, once ``own_perms`` was grown for it."""
+    _bump_weak_columns(
+        pool_inputs,
+        initial_perms,
+        own_row,
+        own_perms,
+        n_own,
+        connected_by_input,
+        overlap_duty,
+        min_overlap_duty,
+        below_stimulus_inc,
+        connected_perm,
+        trim_threshold,
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -444,7 +502,7 @@ class SpatialPooler:
             return active
         self.learn_iteration += 1
         self._reserve_own_rows(active.size)
-        _learn_active(
+        rows_needed = _learn(
             on_bits,
             active,
             overlaps,
@@ -455,17 +513,18 @@ class SpatialPooler:
             self._n_own,
             self.connected_by_input,
             self.overlap_duty,
+            self.min_overlap_duty,
             self.iteration,
             self.duty_cycle_period,
             self._active_inc,
             self._inactive_dec,
+            self._below_stimulus_inc,
             self._connected,
             self._trim,
         )
-        weak = self.overlap_duty < self.min_overlap_duty
-        if weak.any():
-            self._reserve_own_rows(int(np.count_nonzero(self._own_row[weak] < 0)))
-            _bump_weak_columns(
+        if rows_needed:
+            self._reserve_own_rows(rows_needed)
+            _bump_weak_columns_entry(
                 self.pool_inputs,
                 self._initial_perms,
                 self._own_row,
