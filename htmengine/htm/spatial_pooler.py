@@ -310,37 +310,6 @@ def _bump_weak_columns(
             )
 
 
-@entry_kernel
-@njit(cache=True)
-def _bump_weak_columns_entry(
-    pool_inputs: np.ndarray,
-    initial_perms: np.ndarray,
-    own_row: np.ndarray,
-    own_perms: np.ndarray,
-    n_own: np.ndarray,
-    connected_by_input: np.ndarray,
-    overlap_duty: np.ndarray,
-    min_overlap_duty: np.float32,
-    below_stimulus_inc: np.float32,
-    connected_perm: np.float32,
-    trim_threshold: np.float32,
-) -> None:
-    """:func:`_bump_weak_columns` called from Python, once ``own_perms`` was grown for it."""
-    _bump_weak_columns(
-        pool_inputs,
-        initial_perms,
-        own_row,
-        own_perms,
-        n_own,
-        connected_by_input,
-        overlap_duty,
-        min_overlap_duty,
-        below_stimulus_inc,
-        connected_perm,
-        trim_threshold,
-    )
-
-
 @functools.lru_cache(maxsize=4)
 def _initial_tables(
     num_inputs: int,
@@ -523,8 +492,10 @@ class SpatialPooler:
             self._trim,
         )
         if rows_needed:
+            # rare (own rows grow by half): _bump_weak_columns is not an entry kernel, as _learn
+            # links it, so calling it here keeps its (small) linking IR loaded
             self._reserve_own_rows(rows_needed)
-            _bump_weak_columns_entry(
+            _bump_weak_columns(
                 self.pool_inputs,
                 self._initial_perms,
                 self._own_row,
