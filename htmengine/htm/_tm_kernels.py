@@ -9,9 +9,17 @@ Layout
 * A *segment* has a permanent global id ``g``: the slot ``seg_slot[g]`` of cell ``seg_cell[g]``.
   NuPIC never shrinks a cell's slot vector, so (cell, slot) <-> ``g`` never changes; a released
   slot is a segment of length 0 on its cell's LIFO free list (``cell_free_head`` / ``seg_free_next``).
-* Synapses of ``g`` are ``syn_src[g, :seg_len[g]]`` (ascending source cell) and ``syn_perm[g, ...]``
-  (float32). The stride is ``max_synapses_per_segment + new_synapse_count``: v0.5.6's stale freeing
-  can leave a segment above 32 synapses, and that is the bound of how far.
+* Synapses of ``g`` are ``syn_src[b : b + seg_len[g]]`` (ascending source cell) and
+  ``syn_perm[b : ...]`` (float32) with ``b = seg_syn_start[g]``: a room of ``seg_syn_cap[g]``
+  entries in two flat pools, because segments average far fewer synapses than their bound. A
+  segment that outgrows its room moves to the end of the pool (``S_SYN_POOL_USED``) with a little
+  more (:func:`_segment_room`); a released segment keeps its room for the cell's next segment.
+  Between steps, when a step might not fit, the live synapses are packed tight to the front
+  (:func:`syn_pool_compact`; the pools are replaced only to grow), and a checkpoint is loaded
+  tight too.
+  The bound of a segment's length, and the size of the scratch rows, is the stride
+  ``max_synapses_per_segment + new_synapse_count``: v0.5.6's stale freeing can leave a segment
+  above 32 synapses, and that is the bound of how far.
 * Cell slot lists and the forward index (per source cell, one entry ``2 * g + connected`` per
   synapse from it) are variable-length lists in a pool (``*_start``, ``*_len``, ``*_cap``,
   ``*_pool``); a full list moves to the end of the pool with twice the room, and the pool is
@@ -47,7 +55,8 @@ P_MAX_LRN_BACKTRACK = 9
 P_MAX_SEQ_LENGTH = 10
 P_STRIDE = 11
 P_FREEING_034 = 12  # 1: core 50798446 (nupic 0.3.4) freeing sort keys
-P_SIZE = 13
+P_SYN_MOVE_SLACK = 13  # room beyond its length a segment gets when it moves
+P_SIZE = 14
 
 # pf: float32 parameters
 PF_INITIAL = 0
@@ -77,7 +86,8 @@ S_WORK_INF_PHASE2 = 14
 S_WORK_LRN_PHASE2 = 15
 S_WORK_FWD_ENTRIES = 16
 S_WORK_ADAPTS = 17
-S_SIZE = 18
+S_SYN_POOL_USED = 18
+S_SIZE = 19
 
 # sf: float32 scalars
 SF_AVG_INPUT_DENSITY = 0
@@ -134,6 +144,9 @@ TMArrays = namedtuple(
         "seg_dc_it",
         "seg_free_next",
         "seg_is_free",
+        "seg_syn_start",
+        "seg_syn_cap",
+        # synapse pools
         "syn_src",
         "syn_perm",
         # cells: slot lists (pool) and free-list heads
@@ -345,17 +358,17 @@ def _fwd_erase(s, fwd_start, fwd_len, fwd_pool, src, g):
 
 
 @njit(cache=True)
-def _position_in_segment(syn_src, n, g, src):
-    """Position of src among segment g's n (sorted) synapses, or -1."""
+def _position_in_segment(syn_src, s0, n, src):
+    """Position of src among the n (sorted) synapses at pool offset s0, or -1."""
     lo = 0
     hi = n
     while lo < hi:
         mid = (lo + hi) // 2
-        if syn_src[g, mid] < src:
+        if syn_src[s0 + mid] < src:
             lo = mid + 1
         else:
             hi = mid
-    if lo < n and syn_src[g, lo] == src:
+    if lo < n and syn_src[s0 + lo] == src:
         return lo
     return -1
 
@@ -391,7 +404,7 @@ def _duty_cycle(seg_pos, seg_dc, seg_dc_it, g, iteration, active, read_only):
 
 
 @njit(cache=True)
-def _is_active(seg_len, seg_nconn, syn_src, syn_perm, bits, g, thr, conn):
+def _is_active(seg_len, seg_nconn, seg_syn_start, syn_src, syn_perm, bits, g, thr, conn):
     """``Cells4::isActive``: at least thr synapses of permanence >= conn from the cells set in
     ``bits`` (a bitset: small enough to stay in L1 while thousands of segments are tested)."""
     n = seg_len[g]
@@ -399,10 +412,11 @@ def _is_active(seg_len, seg_nconn, syn_src, syn_perm, bits, g, thr, conn):
     if n < thr or remaining < thr:
         return False
     activity = 0
-    for j in range(n):
-        if syn_perm[g, j] >= conn:
+    s0 = seg_syn_start[g]
+    for j in range(s0, s0 + n):
+        if syn_perm[j] >= conn:
             remaining -= 1
-            s = syn_src[g, j]
+            s = syn_src[j]
             if (bits[s >> 6] >> np.uint64(s & 63)) & np.uint64(1):
                 activity += 1
                 if activity >= thr:
@@ -426,6 +440,27 @@ def _release_segment(a, g):
     a.seg_free_next[g] = a.cell_free_head[cell]
     a.cell_free_head[cell] = g
     a.seg_is_free[g] = 1
+
+
+@njit(cache=True)
+def _segment_room(a, g, n):
+    """Pool offset where segment g can hold n synapses: its own room if big enough, else new room
+    at the end of the pool (the old one is garbage until compaction). Contents are not moved:
+    callers write all n synapses. Returns -1, with the error set, if the pool is full.
+
+    A moved segment gets a little slack, but none past ``max_synapses_per_segment``: only a
+    stale free takes a segment beyond that, and it is rare."""
+    if n <= a.seg_syn_cap[g]:
+        return a.seg_syn_start[g]
+    room = max(n, min(n + a.p[P_SYN_MOVE_SLACK], a.p[P_MAX_SYNAPSES]))
+    s0 = a.s[S_SYN_POOL_USED]
+    if s0 + room > a.syn_src.shape[0]:
+        a.s[S_ERROR] = ERR_POOL_FULL
+        return -1
+    a.s[S_SYN_POOL_USED] = s0 + room
+    a.seg_syn_start[g] = s0
+    a.seg_syn_cap[g] = room
+    return s0
 
 
 @njit(cache=True)
@@ -456,12 +491,15 @@ def _create_segment(a, cell, src, n, seq_flag):
     if n > a.p[P_STRIDE]:
         a.s[S_ERROR] = ERR_SEGMENT_TOO_LONG
         return
+    s0 = _segment_room(a, g, n)
+    if s0 < 0:
+        return
     it = a.s[S_N_LRN_ITERATIONS]
     init = a.pf[PF_INITIAL]
     nconn = 0
     for j in range(n):
-        a.syn_src[g, j] = src[j]
-        a.syn_perm[g, j] = init
+        a.syn_src[s0 + j] = src[j]
+        a.syn_perm[s0 + j] = init
         if init >= a.pf[PF_CONNECTED]:
             nconn += 1
     a.seg_len[g] = n
@@ -500,11 +538,12 @@ def _adapt_existing(a, g, upd, n_upd):
     _duty_cycle(a.seg_pos, a.seg_dc, a.seg_dc_it, g, it, True, False)
 
     old_len = a.seg_len[g]
+    old_start = a.seg_syn_start[g]
     src = a.scr_src
     perm = a.scr_perm
     for j in range(old_len):
-        src[j] = a.syn_src[g, j]
-        perm[j] = a.syn_perm[g, j]
+        src[j] = a.syn_src[old_start + j]
+        perm[j] = a.syn_perm[old_start + j]
     conn = a.pf[PF_CONNECTED]
     pmax = a.pf[PF_MAX]
     nconn = a.seg_nconn[g]
@@ -567,7 +606,7 @@ def _adapt_existing(a, g, upd, n_upd):
     plus_inc = a.pf[PF_INC]
     j = 0
     for k in range(n_inc):
-        target = a.syn_src[g, inc[k]]
+        target = a.syn_src[old_start + inc[k]]
         while src[j] != target:
             j += 1
         old = perm[j]
@@ -633,17 +672,20 @@ def _adapt_existing(a, g, upd, n_upd):
     if final_len > a.p[P_STRIDE]:
         a.s[S_ERROR] = ERR_SEGMENT_TOO_LONG
         return
+    s0 = _segment_room(a, g, final_len)  # the old synapses are all in scratch by now
+    if s0 < 0:
+        return
     init = a.pf[PF_INITIAL]
     i = size - 1
     k = n_new - 1
     for w in range(final_len - 1, -1, -1):
         if k >= 0 and (i < 0 or new[k] > src[i]):
-            a.syn_src[g, w] = new[k]
-            a.syn_perm[g, w] = init
+            a.syn_src[s0 + w] = new[k]
+            a.syn_perm[s0 + w] = init
             k -= 1
         else:
-            a.syn_src[g, w] = src[i]
-            a.syn_perm[g, w] = perm[i]
+            a.syn_src[s0 + w] = src[i]
+            a.syn_perm[s0 + w] = perm[i]
             i -= 1
     if init >= conn:
         nconn += n_new
@@ -655,18 +697,18 @@ def _adapt_existing(a, g, upd, n_upd):
 
     for k in range(n_removed):
         _fwd_erase(a.s, a.fwd_start, a.fwd_len, a.fwd_pool, removed[k], g)
-        if _position_in_segment(a.syn_src, final_len, g, removed[k]) >= 0:
+        if _position_in_segment(a.syn_src, s0, final_len, removed[k]) >= 0:
             a.seg_stale[g] = 1  # a synapse without forward entry: count it by scanning
     for k in range(n_flipped):
-        j = _position_in_segment(a.syn_src, final_len, g, flipped[k])
+        j = _position_in_segment(a.syn_src, s0, final_len, flipped[k])
         if j >= 0:
             e = _fwd_find(a.fwd_start, a.fwd_len, a.fwd_pool, flipped[k], g)
             if e >= 0:
-                a.fwd_pool[e] = 2 * g + int(a.syn_perm[g, j] >= conn)
+                a.fwd_pool[e] = 2 * g + int(a.syn_perm[s0 + j] >= conn)
     if n_removed > 0 or freed_any:
         nconn = 0
-        for j in range(final_len):
-            if a.syn_perm[g, j] >= conn:
+        for j in range(s0, s0 + final_len):
+            if a.syn_perm[j] >= conn:
                 nconn += 1
     a.seg_nconn[g] = nconn
     if final_len == 0:
@@ -674,13 +716,16 @@ def _adapt_existing(a, g, upd, n_upd):
 
 
 @njit(cache=True)
-def _compute_update(seg_len, syn_src, flag, rng, cand, new_synapse_count, g, on_sorted, out):
+def _compute_update(
+    seg_len, seg_syn_start, syn_src, flag, rng, cand, new_synapse_count, g, on_sorted, out
+):
     """``computeUpdate`` with new synapses: the update list for segment g (or NEW if g < 0)
     from the flagged cells, whose sorted list is ``on_sorted``."""
     m = 0
     if g >= 0:
-        for j in range(seg_len[g]):
-            s = syn_src[g, j]
+        s0 = seg_syn_start[g]
+        for j in range(s0, s0 + seg_len[g]):
+            s = syn_src[j]
             if flag[s] != 0:
                 out[m] = s
                 m += 1
@@ -688,13 +733,13 @@ def _compute_update(seg_len, syn_src, flag, rng, cand, new_synapse_count, g, on_
     if need > 0:
         nc = 0
         if g >= 0:
-            n_seg = seg_len[g]
-            j = 0
+            end = s0 + seg_len[g]
+            j = s0
             for i in range(on_sorted.shape[0]):
                 c = on_sorted[i]
-                while j < n_seg and syn_src[g, j] < c:
+                while j < end and syn_src[j] < c:
                     j += 1
-                if j < n_seg and syn_src[g, j] == c:
+                if j < end and syn_src[j] == c:
                     continue
                 cand[nc] = c
                 nc += 1
@@ -775,8 +820,9 @@ def _evict_for_new_segment(a, col):
     if best_g < 0:
         a.s[S_ERROR] = ERR_NO_EVICTABLE_SEGMENT
         return base + 1
-    for j in range(a.seg_len[best_g]):
-        _fwd_erase(a.s, a.fwd_start, a.fwd_len, a.fwd_pool, a.syn_src[best_g, j], best_g)
+    s0 = a.seg_syn_start[best_g]
+    for j in range(s0, s0 + a.seg_len[best_g]):
+        _fwd_erase(a.s, a.fwd_start, a.fwd_len, a.fwd_pool, a.syn_src[j], best_g)
     _clean_updates(a, best_g)
     _release_segment(a, best_g)
     return best_cell
@@ -784,7 +830,16 @@ def _evict_for_new_segment(a, col):
 
 @njit(cache=True)
 def _best_matching_cell_t1(
-    cell_slot_start, cell_slot_len, slot_pool, seg_len, syn_src, flag, base, cpc, min_threshold
+    cell_slot_start,
+    cell_slot_len,
+    slot_pool,
+    seg_len,
+    seg_syn_start,
+    syn_src,
+    flag,
+    base,
+    cpc,
+    min_threshold,
 ):
     """``getBestMatchingCellT1``: direct counts over all synapses against the flagged cells."""
     best_cell = -1
@@ -800,8 +855,9 @@ def _best_matching_cell_t1(
             if n == 0:
                 continue
             activity = 0
-            for j in range(n):
-                if flag[syn_src[g, j]] != 0:
+            s1 = seg_syn_start[g]
+            for j in range(s1, s1 + n):
+                if flag[syn_src[j]] != 0:
                     activity += 1
             if activity > max_activity:
                 max_activity = activity
@@ -888,25 +944,25 @@ def _infer_phase1(a, cols, use_start_cells):
 
 
 @njit(cache=True)
-def _in_cell_slot_order(segs, seg_cell):
-    """Positions into ``segs`` (ascending ids) in (cell, slot) order: a stable sort by owning
-    cell, as a cell's slots got increasing ids. LSD radix sort, 8 bits of the cell per pass."""
+def _stable_order_by(segs, key):
+    """Positions into ``segs`` in ascending ``key[segs[i]]`` order, ties in their order in
+    ``segs`` (keys are non-negative). LSD radix sort, 8 bits of the key per pass."""
     m = segs.shape[0]
     out = np.arange(m)
-    max_cell = 0
+    max_key = 0
     for i in range(m):
-        max_cell = max(max_cell, seg_cell[segs[i]])
+        max_key = max(max_key, key[segs[i]])
     tmp = np.empty(m, dtype=np.int64)
     counts = np.empty(257, dtype=np.int64)
     shift = 0
-    while (max_cell >> shift) > 0:
+    while (max_key >> shift) > 0:
         counts[:] = 0
         for i in range(m):
-            counts[((seg_cell[segs[out[i]]] >> shift) & 255) + 1] += 1
+            counts[((key[segs[out[i]]] >> shift) & 255) + 1] += 1
         for b in range(256):
             counts[b + 1] += counts[b]
         for i in range(m):
-            d = (seg_cell[segs[out[i]]] >> shift) & 255
+            d = (key[segs[out[i]]] >> shift) & 255
             tmp[counts[d]] = out[i]
             counts[d] += 1
         out, tmp = tmp, out
@@ -933,6 +989,7 @@ def _infer_phase2(a):
     seg_dc_it = a.seg_dc_it
     seg_len = a.seg_len
     seg_nconn = a.seg_nconn
+    seg_syn_start = a.seg_syn_start
     syn_src = a.syn_src
     syn_perm = a.syn_perm
     bits = a.active_bits
@@ -946,7 +1003,8 @@ def _infer_phase2(a):
     reach_seg = a.reach_seg
     reach_connected = a.reach_connected
     seg_stale = a.seg_stale
-    order = _in_cell_slot_order(reach_seg[:m], seg_cell)
+    # (cell, slot) order: by owning cell, as a cell's slots got increasing ids
+    order = _stable_order_by(reach_seg[:m], seg_cell)
     pred_flag = st_flag[INF_PRED]
     n_predicted_cols = 0
     last_predicted_col = -1
@@ -964,7 +1022,9 @@ def _infer_phase2(a):
             continue  # already predicted: the active test would change nothing
         if seg_stale[g] != 0:
             # a synapse lost its forward entry (§4.4): the active test must walk the segment
-            active = _is_active(seg_len, seg_nconn, syn_src, syn_perm, bits, g, thr, conn)
+            active = _is_active(
+                seg_len, seg_nconn, seg_syn_start, syn_src, syn_perm, bits, g, thr, conn
+            )
         else:
             active = reach_connected[position] >= thr
         if active:
@@ -1112,6 +1172,7 @@ def _learn_phase1(a, cols, read_only):
             a.cell_slot_len,
             a.slot_pool,
             a.seg_len,
+            a.seg_syn_start,
             a.syn_src,
             a.st_flag[LRN_ACTIVE_T1],
             base,
@@ -1122,6 +1183,7 @@ def _learn_phase1(a, cols, read_only):
             _set_add(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE, cell)
             m = _compute_update(
                 a.seg_len,
+                a.seg_syn_start,
                 a.syn_src,
                 a.st_flag[LRN_ACTIVE_T1],
                 a.rng,
@@ -1141,6 +1203,7 @@ def _learn_phase1(a, cols, read_only):
             _set_add(a.st_flag, a.st_list, a.st_count, LRN_ACTIVE, cell)
             m = _compute_update(
                 a.seg_len,
+                a.seg_syn_start,
                 a.syn_src,
                 a.st_flag[LRN_ACTIVE_T1],
                 a.rng,
@@ -1195,6 +1258,7 @@ def _learn_phase2(a, read_only):
     new_syn = a.p[P_NEW_SYNAPSES]
     active_flag = st_flag[LRN_ACTIVE]
     seg_len = a.seg_len
+    seg_syn_start = a.seg_syn_start
     syn_src = a.syn_src
     rng = a.rng
     scr_cand = a.scr_cand
@@ -1207,7 +1271,16 @@ def _learn_phase2(a, read_only):
         if not read_only:
             i = a.s[S_N_UPDATES]
             n = _compute_update(
-                seg_len, syn_src, active_flag, rng, scr_cand, new_syn, g, on_t, a.upd_src[i]
+                seg_len,
+                seg_syn_start,
+                syn_src,
+                active_flag,
+                rng,
+                scr_cand,
+                new_syn,
+                g,
+                on_t,
+                a.upd_src[i],
             )
             if n > 0:
                 a.upd_cell[i] = cell
@@ -1385,10 +1458,11 @@ def pack_synapses(a):
     perm_bits = a.syn_perm.view(np.uint32)
     flat = 0
     for g in range(n):
-        for j in range(a.seg_len[g]):
-            src[flat] = a.syn_src[g, j]
-            p = a.syn_perm[g, j]
-            bits = perm_bits[g, j]
+        s0 = a.seg_syn_start[g]
+        for j in range(s0, s0 + a.seg_len[g]):
+            src[flat] = a.syn_src[j]
+            p = a.syn_perm[j]
+            bits = perm_bits[j]
             h = (np.int64(bits) * 2654435761) & (table_size - 1)
             while keys[h] != bits and keys[h] != np.uint32(0xFFFFFFFF):
                 h = (h + 1) & (table_size - 1)
@@ -1437,8 +1511,9 @@ def _missing_forward_entries(a, total):
     for g in range(n):
         b = counts[g]
         end = counts[g + 1]
-        for j in range(a.seg_len[g]):
-            if b < end and bucket[b] == a.syn_src[g, j]:
+        s0 = a.seg_syn_start[g]
+        for j in range(s0, s0 + a.seg_len[g]):
+            if b < end and bucket[b] == a.syn_src[j]:
                 b += 1
             else:
                 missing[m] = flat
@@ -1471,9 +1546,42 @@ def pack_forward_index(a):
 
 @entry_kernel
 @njit(cache=True)
+def syn_pool_compact(a, syn_src, syn_perm):
+    """Pack the synapses of every segment tight at the front of ``syn_src`` / ``syn_perm``: the
+    pools themselves, or larger ones. Released segments give their room back. Segments go in pool
+    order, so packing in place only ever copies towards the front. Returns the pool use."""
+    n = a.s[S_N_SLOTS]
+    live = np.empty(n, dtype=np.int32)
+    m = 0
+    for g in range(n):
+        if a.seg_len[g] > 0:
+            live[m] = g
+            m += 1
+        else:
+            a.seg_syn_start[g] = 0
+            a.seg_syn_cap[g] = 0
+    live = live[:m]
+    order = _stable_order_by(live, a.seg_syn_start)
+    w = 0
+    for i in range(m):
+        g = live[order[i]]
+        length = a.seg_len[g]
+        s0 = a.seg_syn_start[g]
+        for j in range(length):
+            syn_src[w + j] = a.syn_src[s0 + j]
+            syn_perm[w + j] = a.syn_perm[s0 + j]
+        a.seg_syn_start[g] = w
+        a.seg_syn_cap[g] = length
+        w += length
+    return w
+
+
+@entry_kernel
+@njit(cache=True)
 def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing, fwd_counts, fwd_entries):
-    """Inverse of :func:`pack_synapses` and :func:`pack_forward_index`: segments, connected
-    counts, stale flags, slot lists and the forward index, each list with room to grow."""
+    """Inverse of :func:`pack_synapses` and :func:`pack_forward_index`: segments (synapses laid
+    out tight), connected counts, stale flags, slot lists and the forward index, each list with
+    room to grow."""
     n = seg_len.shape[0]
     conn = a.pf[PF_CONNECTED]
     n_cells = a.cell_slot_start.shape[0]
@@ -1482,14 +1590,15 @@ def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing, fwd_count
     for i in range(missing.shape[0]):
         has_entry[missing[i]] = 0
     flat = 0
+    w = 0
     for g in range(n):
         slot_counts[a.seg_cell[g]] += 1
         nconn = 0
         stale = 0
-        for j in range(seg_len[g]):
+        for j in range(w, w + seg_len[g]):
             p = perm_values[perm_index[flat]]
-            a.syn_src[g, j] = src[flat]
-            a.syn_perm[g, j] = p
+            a.syn_src[j] = src[flat]
+            a.syn_perm[j] = p
             if p >= conn:
                 nconn += 1
             if has_entry[flat] == 0:
@@ -1498,6 +1607,10 @@ def unpack_synapses(a, seg_len, src, perm_values, perm_index, missing, fwd_count
         a.seg_len[g] = seg_len[g]
         a.seg_nconn[g] = nconn
         a.seg_stale[g] = stale
+        a.seg_syn_start[g] = w
+        a.seg_syn_cap[g] = seg_len[g]
+        w += seg_len[g]
+    a.s[S_SYN_POOL_USED] = w
     a.s[S_SLOT_POOL_USED] = _lay_out_lists(
         a.cell_slot_start, a.cell_slot_len, a.cell_slot_cap, slot_counts
     )

@@ -12,6 +12,7 @@ synapse freeing; ``version="0.3.4"`` selects the older freeing sort keys of nupi
 from __future__ import annotations
 
 import inspect
+import mmap
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,17 @@ from htmengine.htm import _tm_kernels as k
 from htmengine.htm.rng import STATE_LENGTH, rng_new
 
 STATE_FORMAT = 2
+# Synapse pools (measured on machine_temperature): a segment that outgrows its room moves with 4
+# entries of slack; loads and compactions lay segments out tight (slack there costs ~0.5 MiB for
+# fewer moves). A pool packed in place (< 1 ms for 500k synapses) that would keep less than a
+# sixteenth of its synapses free for moves is replaced by one with an eighth free: compaction
+# about every 150 steps.
+_MOVE_SLACK = 4
+_POOL_MIN_FREE_DIVISOR = 16
+_POOL_FREE_DIVISOR = 8
 _VERSIONS = ("0.5.6", "0.3.4")
 _ERRORS = {
-    k.ERR_POOL_FULL: "a list pool ran out of room inside one step",
+    k.ERR_POOL_FULL: "a list or synapse pool ran out of room inside one step",
     k.ERR_SEGMENT_TOO_LONG: "a segment outgrew its synapse stride",
     k.ERR_NO_EVICTABLE_SEGMENT: "a full column had no segment with duty cycle below 1.0",
 }
@@ -34,6 +43,14 @@ def _uint_dtype(max_value: int) -> np.dtype:
         if max_value <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.uint64)
+
+
+def _fresh_pages(size: int, dtype: type) -> np.ndarray:
+    """An uninitialised array on pages of its own (an anonymous mapping): room it never touches
+    costs no resident memory, and its pages go back to the OS when it is freed, however
+    fragmented malloc's heap is."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(size, 1) * itemsize), dtype=dtype, count=size)
 
 
 class BacktrackingTM:
@@ -62,7 +79,9 @@ class BacktrackingTM:
     ) -> None:
         arguments = {name: value for name, value in locals().items() if name != "self"}
         self._config = self._checked_config(arguments)
-        self._a = self._allocate(segment_capacity=1024)
+        stride = max_synapses_per_segment + new_synapse_count
+        self._a = self._allocate(segment_capacity=1024, synapse_capacity=1024 * stride)
+        self._max_active = 0  # most columns of any step so far (bounds a learning backtrack)
         self._a.rng[:] = rng_new(seed)
         self._a.s[k.S_PAM_COUNTER] = pam_length
 
@@ -128,7 +147,8 @@ class BacktrackingTM:
         cols = np.unique(np.asarray(active_columns, dtype=np.int64)).astype(np.int32)
         if cols.size and (cols[0] < 0 or cols[-1] >= self.num_columns):
             raise ValueError(f"active columns must lie in [0, {self.num_columns})")
-        self._reserve(cols.size)
+        self._max_active = max(self._max_active, cols.size)
+        self._reserve(self._max_active)
         predicted = k.tm_compute(self._a, cols, bool(learn))
         error = int(self._a.s[k.S_ERROR])
         if error:
@@ -138,7 +158,7 @@ class BacktrackingTM:
     # ------------------------------------------------------------------------------------------
     # storage
 
-    def _allocate(self, segment_capacity: int) -> k.TMArrays:
+    def _allocate(self, segment_capacity: int, synapse_capacity: int) -> k.TMArrays:
         c = self._config
         n_cols = c["num_columns"]
         n_cells = n_cols * c["cells_per_column"]
@@ -157,6 +177,7 @@ class BacktrackingTM:
         p[k.P_MAX_SEQ_LENGTH] = c["max_seq_length"]
         p[k.P_STRIDE] = stride
         p[k.P_FREEING_034] = 1 if c["version"] == "0.3.4" else 0
+        p[k.P_SYN_MOVE_SLACK] = _MOVE_SLACK
         pf = np.zeros(k.PF_SIZE, dtype=np.float32)
         pf[k.PF_INITIAL] = c["initial_perm"]
         pf[k.PF_CONNECTED] = c["connected_perm"]
@@ -186,8 +207,10 @@ class BacktrackingTM:
             seg_dc_it=np.zeros(g, dtype=np.int64),
             seg_free_next=np.full(g, -1, dtype=np.int32),
             seg_is_free=np.zeros(g, dtype=np.uint8),
-            syn_src=np.empty((g, stride), dtype=source_dtype),  # only [:seg_len] is ever read
-            syn_perm=np.empty((g, stride), dtype=np.float32),
+            seg_syn_start=np.zeros(g, dtype=np.int32),
+            seg_syn_cap=np.zeros(g, dtype=np.int32),
+            syn_src=_fresh_pages(synapse_capacity, source_dtype),
+            syn_perm=_fresh_pages(synapse_capacity, np.float32),
             cell_slot_start=np.zeros(n_cells, dtype=np.int32),
             cell_slot_len=np.zeros(n_cells, dtype=np.int32),
             cell_slot_cap=np.zeros(n_cells, dtype=np.int32),
@@ -238,7 +261,8 @@ class BacktrackingTM:
         )
 
     def _reserve(self, n_active: int) -> None:
-        """Grow arrays so one step with ``n_active`` columns cannot run out of room."""
+        """Grow arrays so one step whose patterns (this one and any a learning backtrack
+        replays) have at most ``n_active`` columns cannot run out of room."""
         a = self._a
         c = self._config
         passes = c["max_lrn_backtrack"] + 2
@@ -249,6 +273,33 @@ class BacktrackingTM:
         new_synapses = 2 * passes * n_active * c["new_synapse_count"]
         self._reserve_pool("fwd", k.S_FWD_POOL_USED, 2 * new_synapses + 1024)
         self._reserve_pool("slot", k.S_SLOT_POOL_USED, 4 * new_segments + 1024)
+        self._reserve_synapses(n_active)
+
+    def _synapse_margin(self, n_active: int) -> int:
+        """Synapse pool entries one step may take: every segment it creates or adapts (two per
+        column and learning pass) can move to the end of the pool with up to a stride of room."""
+        passes = self._config["max_lrn_backtrack"] + 2
+        return (2 * passes * n_active + 1) * int(self._a.p[k.P_STRIDE])
+
+    def _reserve_synapses(self, n_active: int) -> None:
+        """Compact the synapse pools when a step might not fit: in place, or into larger ones."""
+        a = self._a
+        margin = self._synapse_margin(n_active)
+        if int(a.s[k.S_SYN_POOL_USED]) + margin <= a.syn_src.shape[0]:
+            return
+        live = int(a.s[k.S_N_SYNAPSES])
+        syn_src, syn_perm = a.syn_src, a.syn_perm
+        if live + live // _POOL_MIN_FREE_DIVISOR + margin > syn_src.shape[0]:
+            size = self._synapse_pool_size(live, margin)
+            syn_src = _fresh_pages(size, a.syn_src.dtype)
+            syn_perm = _fresh_pages(size, a.syn_perm.dtype)
+        a.s[k.S_SYN_POOL_USED] = k.syn_pool_compact(a, syn_src, syn_perm)
+        self._a = a._replace(syn_src=syn_src, syn_perm=syn_perm)
+
+    @staticmethod
+    def _synapse_pool_size(live: int, margin: int) -> int:
+        """A new pool: ``live`` synapses, a step's ``margin`` and room for many steps' moves."""
+        return live + live // _POOL_FREE_DIVISOR + margin
 
     def _grow_segments(self, capacity: int) -> None:
         capacity = -(-capacity // 8) * 8
@@ -256,14 +307,11 @@ class BacktrackingTM:
         n = int(a.s[k.S_N_SLOTS])
         grown = {}
         for name in k.TMArrays._fields:
-            if not (name.startswith(("seg_", "syn_", "reach_"))):
+            if not (name.startswith(("seg_", "reach_"))):
                 continue
             old = getattr(a, name)
             shape = (capacity,) + old.shape[1:]
-            if name.startswith("syn_"):
-                # rows are read only up to seg_len: untouched capacity costs no resident memory
-                new = np.empty(shape, dtype=old.dtype)
-            elif name == "seg_free_next":
+            if name == "seg_free_next":
                 new = np.full(shape, -1, dtype=old.dtype)
             else:
                 new = np.zeros(shape, dtype=old.dtype)
@@ -313,7 +361,7 @@ class BacktrackingTM:
         col_dtype = _uint_dtype(c["num_columns"] - 1)
         n = int(a.s[k.S_N_SLOTS])
         lengths = a.seg_len[:n]
-        stride = a.syn_src.shape[1]
+        stride = int(a.p[k.P_STRIDE])
         src, perm_values, perm_index, missing = k.pack_synapses(a)
         fwd_counts, fwd_entries = k.pack_forward_index(a)
         iteration_dtype = _uint_dtype(int(a.s[k.S_N_LRN_ITERATIONS]))
@@ -381,7 +429,7 @@ class BacktrackingTM:
         seg_len = np.asarray(state["seg_len"], dtype=np.int32)
         n = seg_len.size
         # small headroom: _reserve grows the arrays by half once a step could outrun it
-        tm._a = tm._allocate(segment_capacity=n + 1024)
+        tm._a = tm._allocate(segment_capacity=n + 1024, synapse_capacity=0)
         a = tm._a
         a.s[k.S_N_ITERATIONS] = state["n_iterations"]
         a.s[k.S_N_LRN_ITERATIONS] = state["n_lrn_iterations"]
@@ -401,7 +449,7 @@ class BacktrackingTM:
         a.seg_last_active[:n] = state["seg_last_active"]
         a.seg_dc[:n] = state["seg_dc"]
         a.seg_dc_it[:n] = state["seg_dc_it"]
-        stride = a.syn_src.shape[1]
+        stride = int(a.p[k.P_STRIDE])
         if n and int(seg_len.max()) > stride:
             raise ValueError("a segment in the state is longer than this TM's synapse stride")
         src = np.asarray(state["syn_src"])  # uint16/uint32 as saved: no conversion copy
@@ -418,9 +466,14 @@ class BacktrackingTM:
             or (fwd_entries.size and int(fwd_entries.max()) >= 2 * n)
         ):
             raise ValueError("the forward index in the state does not match its synapses")
+        tm._max_active = int(np.asarray(state["lrn_queue_len"]).max(initial=0))
+        margin = tm._synapse_margin(tm._max_active)
+        syn_size = tm._synapse_pool_size(src.size, margin)
         tm._a = a = a._replace(
             slot_pool=np.empty(2 * n + 4 * n_lists + 1024, dtype=np.int32),
             fwd_pool=np.empty(2 * src.size + 4 * n_lists + 1024, dtype=np.int32),
+            syn_src=_fresh_pages(syn_size, a.syn_src.dtype),
+            syn_perm=_fresh_pages(syn_size, np.float32),
         )
         k.unpack_synapses(
             a,

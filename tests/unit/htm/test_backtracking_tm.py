@@ -18,6 +18,14 @@ def raw_score(active: np.ndarray, prev_predicted: np.ndarray) -> float:
     return float(np.float32((active.size - hits) / active.size))
 
 
+def synapses_of(tm: BacktrackingTM, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """Views of segment g's synapse sources and permanences in the pools (white-box tests)."""
+    a = tm._a
+    start = a.seg_syn_start[g]
+    end = start + a.seg_len[g]
+    return a.syn_src[start:end], a.syn_perm[start:end]
+
+
 def run_and_compare(tm: BacktrackingTM, rows: list[list], prev: np.ndarray) -> np.ndarray:
     """Feed traced SP columns; assert predictions, counts and raw score on every row."""
     for row, _bits, columns, expected_pred, segments, synapses, raw in rows:
@@ -116,6 +124,56 @@ def test_synthetic_restore_matches_and_learn_false_changes_nothing() -> None:
     assert (tm.n_segments, tm.n_synapses) == (segments, synapses)
 
 
+def assert_rooms_hold_their_segments(tm: BacktrackingTM) -> None:
+    """Every live segment's synapses lie in its own room, inside the used part of the pools."""
+    from htmengine.htm import _tm_kernels as k
+
+    a = tm._a
+    n = int(a.s[k.S_N_SLOTS])
+    live = np.flatnonzero(a.seg_len[:n] > 0)
+    start = a.seg_syn_start[live].astype(np.int64)
+    room = a.seg_syn_cap[live].astype(np.int64)
+    assert np.all(a.seg_len[live] <= room)
+    order = np.argsort(start)
+    ends = (start + room)[order]
+    assert np.all(ends[:-1] <= start[order][1:]), "two segments share pool room"
+    assert ends.max(initial=0) <= a.s[k.S_SYN_POOL_USED] <= a.syn_src.shape[0]
+    assert a.syn_src.shape == a.syn_perm.shape
+
+
+def test_synapse_rooms_survive_moves_and_compactions() -> None:
+    """Segments that grow move to the end of the pool; compaction packs them in place, or into a
+    larger pool. A copy restored tight, and the original, keep agreeing step by step."""
+    from htmengine.htm import _tm_kernels as k
+
+    rng = np.random.default_rng(5)
+    patterns = [np.sort(rng.choice(2048, 40, replace=False)) for _ in range(9)]
+    tm = BacktrackingTM()
+    moved = packed_in_place = grown = 0
+    for i in range(400):
+        columns = patterns[rng.integers(9)] if i % 5 else patterns[i % 9]
+        if i == 200:
+            copy = BacktrackingTM.from_state(tm.get_state())
+            assert copy._a.s[k.S_SYN_POOL_USED] == copy.n_synapses  # loaded tight
+        pool, used = tm._a.syn_src, int(tm._a.s[k.S_SYN_POOL_USED])
+        tm._reserve_synapses(columns.size)  # what compute does first
+        if tm._a.syn_src is not pool:
+            grown += 1
+        elif tm._a.s[k.S_SYN_POOL_USED] < used:
+            packed_in_place += 1
+        starts = tm._a.seg_syn_start.copy()
+        predicted = tm.compute(columns)
+        live = np.flatnonzero(tm._a.seg_len[: len(starts)] > 0)
+        moved += np.count_nonzero(tm._a.seg_syn_start[live] != starts[live])
+        assert_rooms_hold_their_segments(tm)
+        if i >= 200:
+            np.testing.assert_array_equal(copy.compute(columns), predicted)
+            assert_rooms_hold_their_segments(copy)
+    assert moved > 0 and packed_in_place > 0 and grown > 0
+    assert (copy.n_segments, copy.n_synapses) == (tm.n_segments, tm.n_synapses)
+    assert copy.get_state()["syn_src"].tolist() == tm.get_state()["syn_src"].tolist()
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="version"):
         BacktrackingTM(version="9.9")
@@ -141,15 +199,16 @@ def test_stale_position_freeing_of_core_0_4_10() -> None:
     f32 = np.float32
     near_zero = f32(f32(f32(0.21) - f32(0.1)) - f32(0.1))  # one decrement from removal
     dec_positions = [1, 3, 4, 5, 7, 8, 9, 10, 14, 15, 17, 21, 22, 24, 25, 27, 30]
-    a.syn_perm[g, :32] = f32(0.41)
-    a.syn_perm[g, [7, 8, 10]] = near_zero
-    a.syn_perm[g, 30] = f32(f32(0.21) - f32(0.1))
+    _sources, perm = synapses_of(tm, g)
+    perm[:] = f32(0.41)
+    perm[[7, 8, 10]] = near_zero
+    perm[30] = f32(f32(0.21) - f32(0.1))
     inc = [100 + i for i in range(32) if i not in dec_positions]
     update = np.array(sorted(inc + [200, 201, 202, 203, 204]), dtype=np.int32)
 
     k._adapt_existing(a, g, update, update.size)
 
-    kept = a.syn_src[g, : a.seg_len[g]].tolist()
+    kept = synapses_of(tm, g)[0].tolist()
     assert tm.n_synapses == len(kept) == 33
     assert kept == sorted(set(range(100, 132)) - {107, 108, 110, 130} | set(range(200, 205)))
     for source in range(100, 205):
@@ -168,16 +227,17 @@ def test_stale_free_can_erase_the_forward_entry_of_a_surviving_synapse() -> None
     k._create_segment(a, 99, np.arange(100, 132, dtype=np.int32), 32, 1)
     g = 0
     f32 = np.float32
-    a.syn_perm[g, :32] = f32(0.41)
-    a.syn_perm[g, 0] = f32(f32(f32(0.21) - f32(0.1)) - f32(0.1))  # removed by the decrement
-    a.syn_perm[g, 31] = f32(f32(0.21) - f32(0.1))  # lowest key after the decrement
+    _sources, perm = synapses_of(tm, g)
+    perm[:] = f32(0.41)
+    perm[0] = f32(f32(f32(0.21) - f32(0.1)) - f32(0.1))  # removed by the decrement
+    perm[31] = f32(f32(0.21) - f32(0.1))  # lowest key after the decrement
     dec_positions = {0, 2, 4, 31}
     inc = [100 + i for i in range(32) if i not in dec_positions]
     update = np.array(inc + [200, 201], dtype=np.int32)
 
     k._adapt_existing(a, g, update, update.size)
 
-    kept = a.syn_src[g, : a.seg_len[g]].tolist()
+    kept = synapses_of(tm, g)[0].tolist()
     assert kept == list(range(101, 132)) + [200, 201]
     assert tm.n_synapses == 33
     for source in kept:
