@@ -46,9 +46,9 @@ def _uint_dtype(max_value: int) -> np.dtype:
 
 
 def _fresh_pages(size: int, dtype: type) -> np.ndarray:
-    """An uninitialised array on pages of its own (an anonymous mapping): room it never touches
-    costs no resident memory, and its pages go back to the OS when it is freed, however
-    fragmented malloc's heap is."""
+    """A zeroed array on pages of its own (an anonymous mapping), for pools: room they never
+    touch costs no resident memory, and their pages go back to the OS when they are freed,
+    however fragmented malloc's heap is."""
     itemsize = np.dtype(dtype).itemsize
     return np.frombuffer(mmap.mmap(-1, max(size, 1) * itemsize), dtype=dtype, count=size)
 
@@ -188,6 +188,8 @@ class BacktrackingTM:
         inf_rows = c["max_inf_backtrack"] + 2
         # synapse sources are most of the TM's memory: 16 bits whenever the cell ids fit
         source_dtype = np.uint16 if n_cells <= 1 << 16 else np.int32
+        # a cell's slot list: at most max_segments_per_cell, its room at most twice that + 4
+        slot_count_dtype = _uint_dtype(2 * c["max_segments_per_cell"] + 4)
         lrn_rows = c["max_lrn_backtrack"] + 2
         return k.TMArrays(
             p=p,
@@ -200,11 +202,12 @@ class BacktrackingTM:
             seg_len=np.zeros(g, dtype=np.int32),
             seg_nconn=np.zeros(g, dtype=np.int32),
             seg_seq=np.zeros(g, dtype=np.uint8),
-            seg_total=np.zeros(g, dtype=np.int64),
-            seg_pos=np.zeros(g, dtype=np.int64),
-            seg_last_active=np.zeros(g, dtype=np.int64),
+            # activation counts and iterations: 32 bits, as NuPIC's UInt
+            seg_total=np.zeros(g, dtype=np.uint32),
+            seg_pos=np.zeros(g, dtype=np.uint32),
+            seg_last_active=np.zeros(g, dtype=np.uint32),
             seg_dc=np.zeros(g, dtype=np.float32),
-            seg_dc_it=np.zeros(g, dtype=np.int64),
+            seg_dc_it=np.zeros(g, dtype=np.uint32),
             seg_free_next=np.full(g, -1, dtype=np.int32),
             seg_is_free=np.zeros(g, dtype=np.uint8),
             seg_syn_start=np.zeros(g, dtype=np.int32),
@@ -212,8 +215,8 @@ class BacktrackingTM:
             syn_src=_fresh_pages(synapse_capacity, source_dtype),
             syn_perm=_fresh_pages(synapse_capacity, np.float32),
             cell_slot_start=np.zeros(n_cells, dtype=np.int32),
-            cell_slot_len=np.zeros(n_cells, dtype=np.int32),
-            cell_slot_cap=np.zeros(n_cells, dtype=np.int32),
+            cell_slot_len=np.zeros(n_cells, dtype=slot_count_dtype),
+            cell_slot_cap=np.zeros(n_cells, dtype=slot_count_dtype),
             slot_pool=np.zeros(4 * n_cells, dtype=np.int32),
             cell_free_head=np.full(n_cells, -1, dtype=np.int32),
             fwd_start=np.zeros(n_cells, dtype=np.int32),
@@ -334,7 +337,7 @@ class BacktrackingTM:
             return
         target = 2 * (int(length.sum()) + margin) + 4 * start.shape[0]
         if target > pool.shape[0]:
-            grown = np.zeros(target, dtype=pool.dtype)
+            grown = _fresh_pages(target, pool.dtype)
             grown[: pool.shape[0]] = pool
             pool = grown
             self._a = a._replace(**{"fwd_pool" if which == "fwd" else "slot_pool": pool})
@@ -470,8 +473,8 @@ class BacktrackingTM:
         margin = tm._synapse_margin(tm._max_active)
         syn_size = tm._synapse_pool_size(src.size, margin)
         tm._a = a = a._replace(
-            slot_pool=np.empty(2 * n + 4 * n_lists + 1024, dtype=np.int32),
-            fwd_pool=np.empty(2 * src.size + 4 * n_lists + 1024, dtype=np.int32),
+            slot_pool=_fresh_pages(2 * n + 4 * n_lists + 1024, np.int32),
+            fwd_pool=_fresh_pages(2 * src.size + 4 * n_lists + 1024, np.int32),
             syn_src=_fresh_pages(syn_size, a.syn_src.dtype),
             syn_perm=_fresh_pages(syn_size, np.float32),
         )
