@@ -190,6 +190,8 @@ class BacktrackingTM:
         source_dtype = np.uint16 if n_cells <= 1 << 16 else np.int32
         # a cell's slot list: at most max_segments_per_cell, its room at most twice that + 4
         slot_count_dtype = _uint_dtype(2 * c["max_segments_per_cell"] + 4)
+        # a segment's synapse count, connected count and room never exceed the stride
+        synapse_count_dtype = _uint_dtype(stride)
         lrn_rows = c["max_lrn_backtrack"] + 2
         return k.TMArrays(
             p=p,
@@ -198,9 +200,9 @@ class BacktrackingTM:
             sf=np.zeros(k.SF_SIZE, dtype=np.float32),
             rng=np.zeros(STATE_LENGTH, dtype=np.uint64),
             seg_cell=np.zeros(g, dtype=np.int32),
-            seg_slot=np.zeros(g, dtype=np.int32),
-            seg_len=np.zeros(g, dtype=np.int32),
-            seg_nconn=np.zeros(g, dtype=np.int32),
+            seg_slot=np.zeros(g, dtype=_uint_dtype(c["max_segments_per_cell"])),
+            seg_len=np.zeros(g, dtype=synapse_count_dtype),
+            seg_nconn=np.zeros(g, dtype=synapse_count_dtype),
             seg_seq=np.zeros(g, dtype=np.uint8),
             # activation counts and iterations: 32 bits, as NuPIC's UInt
             seg_total=np.zeros(g, dtype=np.uint32),
@@ -211,7 +213,7 @@ class BacktrackingTM:
             seg_free_next=np.full(g, -1, dtype=np.int32),
             seg_is_free=np.zeros(g, dtype=np.uint8),
             seg_syn_start=np.zeros(g, dtype=np.int32),
-            seg_syn_cap=np.zeros(g, dtype=np.int32),
+            seg_syn_cap=np.zeros(g, dtype=synapse_count_dtype),
             syn_src=_fresh_pages(synapse_capacity, source_dtype),
             syn_perm=_fresh_pages(synapse_capacity, np.float32),
             cell_slot_start=np.zeros(n_cells, dtype=np.int32),
@@ -243,7 +245,7 @@ class BacktrackingTM:
             upd_seq=np.zeros(n_cols, dtype=np.uint8),
             upd_time=np.zeros(n_cols, dtype=np.int64),
             upd_len=np.zeros(n_cols, dtype=np.int32),
-            upd_src=np.zeros((n_cols, stride), dtype=np.int32),
+            upd_src=np.zeros((n_cols, stride), dtype=source_dtype),
             active_bits=np.zeros((n_cells + 63) // 64, dtype=np.uint64),
             col_flag=np.zeros(n_cols, dtype=np.uint8),
             col_best=np.full(n_cols, -1, dtype=np.int32),
