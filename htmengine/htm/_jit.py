@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 _entry_kernels: list[Any] = []
 _overloads_seen: list[int] = []  # per entry kernel: how many overloads were already handled
-_released: weakref.WeakSet = weakref.WeakSet()  # libraries already handled
 
 
 def entry_kernel(dispatcher: Callable) -> Callable:
@@ -46,9 +44,6 @@ def release_compiler_memory() -> int:
         _overloads_seen[index] = count
         for result in dispatcher.overloads.values():
             library = getattr(result, "library", None)
-            if library is None or library in _released:
-                continue
-            _released.add(library)
             # Numba's private attribute (numba 0.68, pinned): the module kept for linking only
             if getattr(library, "_shared_module", None) is not None:
                 library._shared_module = None

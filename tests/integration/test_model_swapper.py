@@ -294,6 +294,19 @@ def wait_for_workers(supervisor: Supervisor, count: int, timeout: float = 60.0) 
     raise AssertionError(f"expected {count} slot workers")
 
 
+def wait_input_queue_deleted(swapper, results, model_id: str) -> None:
+    queue = swapper.model_input_queue(model_id)
+
+    def queue_gone() -> bool:
+        try:
+            swapper.bus.declare_queue(queue, passive=True)
+        except MessageQueueNotFound:
+            return True
+        return False
+
+    results.wait(queue_gone, f"deletion of {queue}", timeout=30)
+
+
 def test_delete_model_removes_checkpoint_and_queue(
     scheduler, swapper, results, model_config
 ) -> None:
@@ -309,16 +322,7 @@ def test_delete_model_removes_checkpoint_and_queue(
     delete = [c for c in results.commands(model_id) if c.method == "deleteModel"][0]
     assert delete.status == 0
     assert not CheckpointManager().exists(model_id)
-    queue = swapper.model_input_queue(model_id)
-
-    def queue_gone() -> bool:
-        try:
-            swapper.bus.declare_queue(queue, passive=True)
-        except MessageQueueNotFound:
-            return True
-        return False
-
-    results.wait(queue_gone, f"deletion of {queue}", timeout=30)
+    wait_input_queue_deleted(swapper, results, model_id)
     lock_file = os.path.join(CheckpointManager().locks, model_id)
     results.wait(lambda: not os.path.exists(lock_file), "removal of the lock file", timeout=30)
     with pytest.raises(ModelNotFound):
@@ -403,16 +407,7 @@ def test_delete_of_an_unmonitored_model_is_discovered_from_the_archive(
         lambda: any(c.method == "deleteModel" for c in results.commands(model_id)), "deleteModel"
     )
     assert not CheckpointManager().exists(model_id)
-    queue = swapper.model_input_queue(model_id)
-
-    def queue_gone() -> bool:
-        try:
-            swapper.bus.declare_queue(queue, passive=True)
-        except MessageQueueNotFound:
-            return True
-        return False
-
-    results.wait(queue_gone, f"deletion of {queue}", timeout=30)
+    wait_input_queue_deleted(swapper, results, model_id)
 
 
 def test_killed_scheduler_restarts_and_every_row_gets_a_result(
