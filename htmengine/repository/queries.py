@@ -178,23 +178,41 @@ def create_custom_metric(conn: Connection, name: str) -> tuple[str, bool]:
     Holds the ``metrics`` lock row, so two processes creating the same name get one metric.
     The server defaults to the name (see schema.py for the widened columns).
     """
+    uids, created = create_custom_metrics(conn, [name])
+    return uids[name], bool(created)
+
+
+def create_custom_metrics(
+    conn: Connection, names: Iterable[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Create the UNMONITORED custom metrics among `names` that do not exist yet.
+
+    Returns ({name: uid} for every name, names created here, sorted). Takes the ``metrics`` lock
+    row once and re-checks every name under it, so concurrent callers create each name once; one
+    indexed lookup and one multi-row INSERT per 1,000 names, whatever the table's size.
+    """
+    wanted = sorted(set(names))
     lock_metrics_table(conn)
-    try:
-        return get_custom_metric_by_name(conn, name, [metric.c.uid]).uid, False
-    except MetricNotFound:
-        pass
-    uid = insert_metric(
-        conn,
-        datasource=CUSTOM_DATASOURCE,
-        name=name,
-        description=f"Custom metric {name}",
-        server=name,
-        location="",
-        poll_interval=CUSTOM_POLL_INTERVAL_SEC,
-        status=int(MetricStatus.UNMONITORED),
-        last_rowid=0,
-    )
-    return uid, True
+    uids = get_custom_metric_uids(conn, wanted)
+    created = [name for name in wanted if name not in uids]
+    for chunk in _chunks(created, _ROWS_PER_STATEMENT):
+        rows = [
+            {
+                "uid": uuid.uuid4().hex,
+                "datasource": CUSTOM_DATASOURCE,
+                "name": name,
+                "description": f"Custom metric {name}",
+                "server": name,
+                "location": "",
+                "poll_interval": CUSTOM_POLL_INTERVAL_SEC,
+                "status": int(MetricStatus.UNMONITORED),
+                "last_rowid": 0,
+            }
+            for name in chunk
+        ]
+        conn.execute(metric.insert(), rows)
+        uids.update((row["name"], row["uid"]) for row in rows)
+    return uids, created
 
 
 def _raise_not_found_or_changed(conn: Connection, uid: str, expected_status: int) -> None:

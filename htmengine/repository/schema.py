@@ -54,6 +54,8 @@ metric = sa.Table(
     sa.Column("model_params", sa.Text),
     sa.Column("last_rowid", sa.Integer),
     sa.Index("datasource_idx", "datasource"),
+    # Lookups and creation by name (revision 0002); not unique: the lock row prevents duplicates.
+    sa.Index("datasource_name_idx", "datasource", "name"),
     sa.Index("location_idx", "location"),
     sa.Index("server_idx", "server"),
     **TABLE_OPTIONS,

@@ -193,7 +193,7 @@ def ensure_custom_metrics(
 
     `known` is the caller's cache; names in it are not looked up. Returns ({name: uid} for every
     name, names created here). Creation is race-safe across processes: it runs under the
-    ``metrics`` lock row and re-checks each name first.
+    ``metrics`` lock row and re-checks each name first, all new names of a call at once.
     """
     wanted = set(names)
     uids = {name: known[name] for name in wanted if name in known}
@@ -207,9 +207,6 @@ def ensure_custom_metrics(
     unknown -= uids.keys()
     if unknown:
         with engine.begin() as conn:
-            for name in sorted(unknown):
-                uid, was_created = queries.create_custom_metric(conn, name)
-                uids[name] = uid
-                if was_created:
-                    created.append(name)
+            found, created = queries.create_custom_metrics(conn, unknown)
+        uids.update(found)
     return uids, created

@@ -113,6 +113,7 @@ def test_migrated_schema_has_the_keys_and_indexes_of_the_original(engine: sa.Eng
 
     assert indexes("metric") == {
         "datasource_idx": ["datasource"],
+        "datasource_name_idx": ["datasource", "name"],
         "location_idx": ["location"],
         "server_idx": ["server"],
     }
@@ -143,7 +144,7 @@ def test_schema_module_matches_the_migrations(engine: sa.Engine) -> None:
 
 def test_upgrade_is_idempotent_and_reaches_head(app) -> None:
     migrate.upgrade()
-    assert migrate.current_revision() == "0001"
+    assert migrate.current_revision() == "0002"
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -164,6 +165,59 @@ def test_create_custom_metric_sets_the_original_defaults(engine: sa.Engine) -> N
     assert row.poll_interval == 300
     assert row.status == MetricStatus.UNMONITORED
     assert row.last_rowid == 0
+
+
+def test_create_custom_metrics_creates_only_the_missing_names_in_one_go(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        existing, _ = queries.create_custom_metric(conn, "b")
+        names = [f"fleet.{i:04d}" for i in range(2500)] + ["b", "b"]
+        uids, created = queries.create_custom_metrics(conn, names)
+        assert created == sorted(set(names) - {"b"})
+        assert uids["b"] == existing
+        assert set(uids) == set(names)
+        assert queries.get_custom_metric_uids(conn, names) == uids
+        again, created_again = queries.create_custom_metrics(conn, names)
+    assert (again, created_again) == (uids, [])
+    with engine.connect() as conn:
+        assert len(queries.get_custom_metrics(conn)) == 2501
+
+
+def test_concurrent_bulk_creation_of_overlapping_names_makes_each_metric_once(
+    engine: sa.Engine,
+) -> None:
+    barrier = threading.Barrier(4)
+    results: list[tuple[dict[str, str], list[str]]] = []
+
+    def create(offset: int) -> None:
+        names = [f"overlap.{i:04d}" for i in range(offset, offset + 1500)]
+        barrier.wait()
+        with engine.begin() as conn:
+            results.append(queries.create_custom_metrics(conn, names))
+
+    threads = [threading.Thread(target=create, args=(k * 500,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    created = [name for _, names in results for name in names]
+    assert len(created) == len(set(created)) == 3000
+    merged: dict[str, str] = {}
+    for uids, _ in results:
+        for name, uid in uids.items():
+            assert merged.setdefault(name, uid) == uid
+    with engine.connect() as conn:
+        assert len(queries.get_custom_metrics(conn)) == 3000
+
+
+def test_lookup_by_name_uses_the_name_index(engine: sa.Engine) -> None:
+    # Creation cost stays flat in the table's size only if this lookup does not scan `metric`.
+    with engine.begin() as conn:
+        queries.create_custom_metrics(conn, [f"plan.{i}" for i in range(50)])
+        plan = conn.exec_driver_sql(
+            "EXPLAIN SELECT name, min(uid) FROM metric "
+            "WHERE datasource = 'custom' AND name IN ('plan.1', 'plan.2') GROUP BY name"
+        ).mappings().all()
+    assert [row["key"] for row in plan] == ["datasource_name_idx"]
 
 
 def test_long_multibyte_names_fit_and_names_are_case_sensitive(engine: sa.Engine) -> None:
@@ -487,7 +541,7 @@ def test_upgrade_adopts_a_database_of_the_original_htmengine(app, monkeypatch) -
 
         migrate.upgrade()
 
-        assert migrate.current_revision() == "0001"
+        assert migrate.current_revision() == "0002"
         inspector = sa.inspect(engine)
         for table, expected in EXPECTED_COLUMNS.items():
             columns = [
