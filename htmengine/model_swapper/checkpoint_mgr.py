@@ -23,8 +23,24 @@ whole model. A load replays the journal's rows through the model, so the two are
 
 Journal record: ``b"HJ" | u32 payload length | u32 crc32(payload) | payload`` (big-endian), payload
 = UTF-8 JSON ``{"b": [batch ids], "r": [[epoch seconds, microseconds, value], ...], "w": n}``. A
-torn or corrupt tail (crash mid-append) ends the journal; its run was never acked, so the broker
-delivers it again, and the next append overwrites the tail.
+torn tail (crash mid-append: a bad record with no intact record after it) ends the journal; its run
+was never acked, so the broker delivers it again, and the next append truncates the tail before
+writing. A bad record *followed by* an intact one is corruption of acknowledged rows, not a torn
+write: the load fails with CheckpointError (the model is unusable), it is never skipped silently.
+``attributes.json`` carries ``"crc32"``, the CRC of its other keys in canonical JSON (entries written
+before it have none and are read as they are); ``model.bin`` has its own CRC (htm.serialization).
+
+Crash consistency: every step of a save leaves an entry that loads, either as before the save or
+as after it. What an interrupted save leaves behind is garbage that `repair` deletes (the runner
+calls it when it takes the model's lock): stores that ``current`` does not name (a store renamed
+into the entry whose ``current`` switch never happened, an old store not yet deleted), temporary
+links, and this model's items in ``.scratch`` (named ``<modelID>.<kind>.<uuid>``). A full save
+also deletes a stray store that holds the name it is about to use.
+
+Fault injection (tests only): `fault_point(name, model_id)` marks each step of the save path (see
+FAULT_POINTS). It costs one ``None`` check unless a hook is installed, with `set_fault_hook` or by
+the environment variable ``HTMENGINE_FAULT_DIR`` (see `TokenFaults`), read when this module is
+imported, so spawned slot workers inherit it.
 
 ``lastRowid`` / ``"w"`` is the highest input rowid folded into the model so far (absent: none). The
 runner skips input rows at or below it: rows reach a model in rowid order, so a row at or below
@@ -40,11 +56,12 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from htmengine.config import Config, ConfigError, get_checkpoint_config
@@ -61,6 +78,7 @@ _STORE_PREFIX = "store_"
 _MODEL_FILE = "model.bin"
 _ATTRIBUTES_FILE = "attributes.json"
 _JOURNAL_FILE = "journal.bin"
+_TEMP_LINK_PREFIX = f".{_CURRENT_LINK}."
 
 _RECORD_MAGIC = b"HJ"
 _RECORD_HEADER = struct.Struct(">2sII")
@@ -75,7 +93,93 @@ InputRow = tuple[datetime.datetime, float]
 
 
 class CheckpointError(Exception):
-    """An archive entry that cannot be read (bad version, unreadable definition)."""
+    """An archive entry that cannot be read (bad version, unreadable definition, a CRC mismatch,
+    a missing store file): the model is unusable, retrying cannot help."""
+
+
+# --- fault injection --------------------------------------------------------------------------------
+
+FAULT_DIR_ENV = "HTMENGINE_FAULT_DIR"
+
+# Every named point of the save path, in the order a run reaches them.
+FAULT_POINTS = (
+    "load",  # a checkpoint is about to be read
+    "define.built",  # a new entry is complete in .scratch, not yet renamed into place
+    "append.written",  # a journal record is written, not yet fsynced
+    "append.synced",  # a journal record is fsynced (the run is not acked yet)
+    "full.built",  # a new store is complete in .scratch
+    "full.renamed",  # store_<n+1> is in the entry, `current` still names store_<n>
+    "full.linked",  # the temporary link to store_<n+1> exists, `current` not yet replaced
+    "full.switched",  # `current` names store_<n+1>, store_<n> not yet deleted
+    # model_runner's points
+    "run.published",  # a batch's results are published, the run is not checkpointed
+    "run.checkpointed",  # the run is checkpointed, its batches are not acked
+    "model.build",  # a model is about to be built from its checkpoint
+)
+
+FaultHook = Callable[[str, str], None]
+_fault_hook: FaultHook | None = None
+
+
+def fault_point(point: str, model_id: str) -> None:
+    """A named step of the save path; the installed hook (tests only) may kill or raise here."""
+    if _fault_hook is not None:
+        _fault_hook(point, model_id)
+
+
+def set_fault_hook(hook: FaultHook | None) -> FaultHook | None:
+    """Install `hook(point, model_id)` (None: none); returns the previous one. Tests only."""
+    global _fault_hook
+    previous, _fault_hook = _fault_hook, hook
+    return previous
+
+
+class TokenFaults:
+    """A fault hook armed by files, so that a test can arm a point in another process.
+
+    A file ``<dir>/<point>@<modelID>`` holding ``<action> [times]`` arms the point for that model;
+    the process that reaches it first claims the file (an atomic rename), appends
+    ``<point>@<modelID> <action> <pid>`` to ``<dir>/fired`` and acts: ``kill`` (SIGKILL itself),
+    ``enospc`` / ``eio`` (raise that OSError), ``nomem`` (raise MemoryError). With ``times`` > 1 the
+    file is put back with one time less, so the point fails that many times in a row.
+    """
+
+    _ERRNOS = {"enospc": errno.ENOSPC, "eio": errno.EIO}
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def __call__(self, point: str, model_id: str) -> None:
+        token = os.path.join(self.directory, f"{point}@{model_id}")
+        claimed = f"{token}.{os.getpid()}.{uuid.uuid4().hex}"
+        try:
+            os.rename(token, claimed)
+        except FileNotFoundError:
+            return
+        with open(claimed) as fh:
+            words = fh.read().split()
+        action, times = words[0], int(words[1]) if len(words) > 1 else 1
+        if times > 1:
+            with open(claimed, "w") as fh:
+                fh.write(f"{action} {times - 1}")
+            os.rename(claimed, token)
+        else:
+            os.unlink(claimed)
+        fd = os.open(os.path.join(self.directory, "fired"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{point}@{model_id} {action} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "nomem":
+            raise MemoryError(f"injected at {point}")
+        code = self._ERRNOS[action]
+        raise OSError(code, os.strerror(code), f"injected at {point}")
+
+
+if os.environ.get(FAULT_DIR_ENV):
+    _fault_hook = TokenFaults(os.environ[FAULT_DIR_ENV])
 
 
 @dataclass
@@ -133,30 +237,72 @@ def encode_journal_record(
     return _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
+def _decode_record(
+    data: bytes, offset: int
+) -> tuple[list[str], list[InputRow], int | None, int] | None:
+    """The record at `offset` as (batch ids, rows, rowid mark, end offset); None if not intact."""
+    if offset + _RECORD_HEADER.size > len(data):
+        return None
+    magic, length, crc = _RECORD_HEADER.unpack_from(data, offset)
+    start = offset + _RECORD_HEADER.size
+    payload = data[start : start + length]
+    if magic != _RECORD_MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+        return None
+    try:
+        state = json.loads(payload)
+        rows = [_row_from_state(row) for row in state["r"]]
+        batch_ids = [str(b) for b in state["b"]]
+        mark = state.get("w")
+        last_rowid = int(mark) if mark is not None else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return batch_ids, rows, last_rowid, start + length
+
+
 def decode_journal(
     data: bytes,
 ) -> tuple[list[tuple[list[str], list[InputRow], int | None]], int]:
     """The intact records of a journal, as (batch ids, rows, rowid mark), and the byte length
-    they cover (a torn tail is dropped)."""
+    they cover. A torn tail is dropped; a bad record followed by an intact one raises
+    CheckpointError (a torn write is always the last thing in the file)."""
     records = []
     offset = 0
-    while offset + _RECORD_HEADER.size <= len(data):
-        magic, length, crc = _RECORD_HEADER.unpack_from(data, offset)
-        start = offset + _RECORD_HEADER.size
-        payload = data[start : start + length]
-        if magic != _RECORD_MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+    while offset < len(data):
+        record = _decode_record(data, offset)
+        if record is None:
+            later = data.find(_RECORD_MAGIC, offset + 1)
+            while later != -1:
+                if _decode_record(data, later) is not None:
+                    raise CheckpointError(
+                        f"journal record at byte {offset} is corrupt (CRC or format) and intact "
+                        f"records follow it at byte {later}"
+                    )
+                later = data.find(_RECORD_MAGIC, later + 1)
             break
-        try:
-            state = json.loads(payload)
-            rows = [_row_from_state(row) for row in state["r"]]
-            batch_ids = [str(b) for b in state["b"]]
-            mark = state.get("w")
-            last_rowid = int(mark) if mark is not None else None
-        except (ValueError, KeyError, TypeError):
-            break
+        batch_ids, rows, last_rowid, offset = record
         records.append((batch_ids, rows, last_rowid))
-        offset = start + length
     return records, offset
+
+
+def _encode_attributes(state: dict) -> bytes:
+    """attributes.json: `state` plus the CRC of its canonical JSON."""
+    body = json.dumps(state, sort_keys=True, separators=(",", ":"))
+    return json.dumps({**state, "crc32": zlib.crc32(body.encode("utf-8"))}).encode("utf-8")
+
+
+def _decode_attributes(data: bytes, where: str) -> dict:
+    try:
+        state = json.loads(data)
+        if not isinstance(state, dict):
+            raise ValueError(f"a JSON object was expected, got {type(state).__name__}")
+    except ValueError as exc:
+        raise CheckpointError(f"{where} is unreadable: {exc}") from exc
+    crc = state.pop("crc32", None)
+    if crc is not None:
+        body = json.dumps(state, sort_keys=True, separators=(",", ":"))
+        if zlib.crc32(body.encode("utf-8")) != crc:
+            raise CheckpointError(f"{where} is corrupt (CRC mismatch)")
+    return state
 
 
 def checkpoint_root(config: Config | None = None) -> str:
@@ -189,8 +335,10 @@ class CheckpointManager:
             raise ValueError(f"invalid model id {model_id!r}")
         return os.path.join(self.root, model_id)
 
-    def _scratch_path(self, hint: str) -> str:
-        return os.path.join(self.scratch, f"{hint}.{uuid.uuid4().hex}")
+    def _scratch_path(self, model_id: str, kind: str) -> str:
+        """A fresh path in .scratch for a write by the holder of `model_id`'s lock (`repair`
+        parses the model id back out of the name)."""
+        return os.path.join(self.scratch, f"{model_id}.{kind}.{uuid.uuid4().hex}")
 
     def exists(self, model_id: str) -> bool:
         return os.path.isfile(os.path.join(self.entry_dir(model_id), _DEFINITION_FILE))
@@ -271,19 +419,20 @@ class CheckpointManager:
             if json.dumps(existing, sort_keys=True) == text:
                 return False
             raise ModelAlreadyExists(f"model {model_id} already exists with another definition")
-        build = self._scratch_path(model_id)
-        os.makedirs(build)
-        _write_file(os.path.join(build, _VERSION_FILE), ENTRY_FORMAT.encode())
-        _write_file(os.path.join(build, _DEFINITION_FILE), text.encode("utf-8"))
-        store_name = f"{_STORE_PREFIX}0"
-        self._build_store(os.path.join(build, store_name), None, [])
-        os.symlink(store_name, os.path.join(build, _CURRENT_LINK))
-        _fsync_dir(build)
+        build = self._scratch_path(model_id, "define")
         try:
+            os.makedirs(build)
+            _write_file(os.path.join(build, _VERSION_FILE), ENTRY_FORMAT.encode())
+            _write_file(os.path.join(build, _DEFINITION_FILE), text.encode("utf-8"))
+            store_name = f"{_STORE_PREFIX}0"
+            self._build_store(os.path.join(build, store_name), None, [])
+            os.symlink(store_name, os.path.join(build, _CURRENT_LINK))
+            _fsync_dir(build)
+            fault_point("define.built", model_id)
             os.rename(build, entry)
-        except OSError as exc:
+        except Exception as exc:
             shutil.rmtree(build, ignore_errors=True)
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 # Another process defined it first: the same comparison decides.
                 return self.define(model_id, definition)
             raise
@@ -311,23 +460,34 @@ class CheckpointManager:
     # --- load / save ------------------------------------------------------------------------------
 
     def load(self, model_id: str) -> Checkpoint:
-        """Read the active store: model blob (None = fresh model), batch ids, journal rows."""
+        """Read the active store: model blob (None = fresh model), batch ids, journal rows.
+
+        Raises ModelNotFound (no entry), CheckpointError (the entry is unusable: a missing store
+        file, a CRC or format error) or OSError (the disk failed: worth retrying)."""
+        fault_point("load", model_id)
         definition = self.get_definition(model_id)
         entry = self.entry_dir(model_id)
-        store_dir = os.path.join(entry, os.readlink(os.path.join(entry, _CURRENT_LINK)))
-        bytes_read = 0
         try:
-            with open(os.path.join(store_dir, _MODEL_FILE), "rb") as fh:
-                blob: bytes | None = fh.read()
-            bytes_read += len(blob)
-        except FileNotFoundError:
-            blob = None
-        with open(os.path.join(store_dir, _ATTRIBUTES_FILE), "rb") as fh:
-            attributes = json.loads(fh.read())
-        with open(os.path.join(store_dir, _JOURNAL_FILE), "rb") as fh:
-            journal = fh.read()
+            store_dir = os.path.join(entry, os.readlink(os.path.join(entry, _CURRENT_LINK)))
+            bytes_read = 0
+            try:
+                with open(os.path.join(store_dir, _MODEL_FILE), "rb") as fh:
+                    blob: bytes | None = fh.read()
+                bytes_read += len(blob)
+            except FileNotFoundError:
+                blob = None
+            with open(os.path.join(store_dir, _ATTRIBUTES_FILE), "rb") as fh:
+                attributes_data = fh.read()
+            with open(os.path.join(store_dir, _JOURNAL_FILE), "rb") as fh:
+                journal = fh.read()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise CheckpointError(f"checkpoint of model {model_id} is incomplete: {exc}") from exc
         bytes_read += len(journal)
-        records, length = decode_journal(journal)
+        attributes = _decode_attributes(attributes_data, f"attributes of model {model_id}")
+        try:
+            records, length = decode_journal(journal)
+        except CheckpointError as exc:
+            raise CheckpointError(f"journal of model {model_id}: {exc}") from exc
         history = [str(b) for b in attributes.get("batchIDs", [])]
         last_rowid = attributes.get("lastRowid")
         rows: list[InputRow] = []
@@ -367,11 +527,15 @@ class CheckpointManager:
         record = encode_journal_record(batch_ids, rows, last_rowid)
         path = os.path.join(checkpoint.store_dir, _JOURNAL_FILE)
         with open(path, "r+b") as fh:
+            # Truncate before writing: a crash mid-write then leaves only a prefix of this record
+            # after the intact ones (a torn tail), never stale bytes of an older torn tail.
+            fh.truncate(checkpoint.journal_length)
             fh.seek(checkpoint.journal_length)
             fh.write(record)
-            fh.truncate()
             fh.flush()
+            fault_point("append.written", checkpoint.model_id)
             os.fsync(fh.fileno())
+        fault_point("append.synced", checkpoint.model_id)
         checkpoint.journal_length += len(record)
         checkpoint.journal_records += 1
         checkpoint.journal_rows.extend(rows)
@@ -392,18 +556,30 @@ class CheckpointManager:
         if last_rowid is None:
             last_rowid = checkpoint.last_rowid
         history = (checkpoint.batch_id_history + list(batch_ids))[-MAX_REMEMBERED_BATCH_IDS:]
-        entry = self.entry_dir(checkpoint.model_id)
+        model_id = checkpoint.model_id
+        entry = self.entry_dir(model_id)
         if not os.path.isdir(entry):
-            raise ModelNotFound(f"model {checkpoint.model_id} was deleted")
+            raise ModelNotFound(f"model {model_id} was deleted")
         old_store = os.readlink(os.path.join(entry, _CURRENT_LINK))
         sequence = int(old_store[len(_STORE_PREFIX) :]) + 1
         store_name = f"{_STORE_PREFIX}{sequence}"
-        build = self._scratch_path(store_name)
-        written = self._build_store(build, model_blob, history, last_rowid)
         store_dir = os.path.join(entry, store_name)
-        os.rename(build, store_dir)
-        self._point_current(entry, store_name)
-        shutil.rmtree(os.path.join(entry, old_store), ignore_errors=True)
+        build = self._scratch_path(model_id, store_name)
+        try:
+            written = self._build_store(build, model_blob, history, last_rowid)
+            fault_point("full.built", model_id)
+            # A store of that name is a stray: renamed into the entry by a save killed before it
+            # switched `current` (the rename would fail with ENOTEMPTY on every later save).
+            if os.path.lexists(store_dir):
+                shutil.rmtree(store_dir)
+            os.rename(build, store_dir)
+        except Exception:  # a disk or memory error; what a crash leaves, `repair` deletes
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        fault_point("full.renamed", model_id)
+        self._point_current(entry, store_name, model_id)
+        fault_point("full.switched", model_id)
+        self._remove_stray_stores(entry, store_name)
         checkpoint.model_blob = model_blob
         checkpoint.store_dir = store_dir
         checkpoint.journal_length = 0
@@ -426,25 +602,64 @@ class CheckpointManager:
         state: dict = {"batchIDs": batch_ids}
         if last_rowid is not None:
             state["lastRowid"] = last_rowid
-        attributes = json.dumps(state).encode("utf-8")
+        attributes = _encode_attributes(state)
         _write_file(os.path.join(path, _ATTRIBUTES_FILE), attributes)
         open(os.path.join(path, _JOURNAL_FILE), "wb").close()  # empty: the dir fsync persists it
         _fsync_dir(path)
         return written + len(attributes)
 
-    def _point_current(self, entry: str, store_name: str) -> None:
+    def _point_current(self, entry: str, store_name: str, model_id: str) -> None:
         _fsync_dir(entry)
-        temp_link = os.path.join(entry, f".{_CURRENT_LINK}.{uuid.uuid4().hex}")
+        temp_link = os.path.join(entry, f"{_TEMP_LINK_PREFIX}{uuid.uuid4().hex}")
         os.symlink(store_name, temp_link)
+        fault_point("full.linked", model_id)
         os.replace(temp_link, os.path.join(entry, _CURRENT_LINK))
         _fsync_dir(entry)
+
+    @staticmethod
+    def _remove_stray_stores(entry: str, current: str) -> int:
+        """Delete the entry's stores other than `current`, and temporary links. No fsync: if the
+        deletion is lost in a crash, the next `repair` or full save deletes them again."""
+        removed = 0
+        for name in os.listdir(entry):
+            path = os.path.join(entry, name)
+            if name.startswith(_STORE_PREFIX) and name != current:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+            elif name.startswith(_TEMP_LINK_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                removed += 1
+        return removed
+
+    def repair(self, model_id: str) -> int:
+        """Delete what interrupted writes of this model left: stray stores and temporary links in
+        its entry, its items in .scratch. Only while holding the model's lock (another writer's
+        store may be in flight otherwise). Returns how many were removed."""
+        entry = self.entry_dir(model_id)
+        removed = 0
+        for name in os.listdir(self.scratch):
+            parts = name.rsplit(".", 2)
+            if len(parts) == 3 and parts[0] == model_id:
+                path = os.path.join(self.scratch, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                removed += 1
+        try:
+            current = os.readlink(os.path.join(entry, _CURRENT_LINK))
+        except (FileNotFoundError, NotADirectoryError):
+            return removed  # no entry (or a broken one: load reports it)
+        return removed + self._remove_stray_stores(entry, current)
 
     # --- remove / clone ---------------------------------------------------------------------------
 
     def remove(self, model_id: str) -> bool:
         """Delete the entry (rename into scratch, then delete). False if it did not exist."""
         entry = self.entry_dir(model_id)
-        doomed = self._scratch_path(model_id)
+        doomed = self._scratch_path(model_id, "removed")
         try:
             os.rename(entry, doomed)
         except FileNotFoundError:
@@ -465,7 +680,8 @@ class CheckpointManager:
         if os.path.exists(target):
             raise ModelAlreadyExists(f"model {new_model_id} already exists")
         store_name = os.readlink(os.path.join(source, _CURRENT_LINK))
-        build = self._scratch_path(new_model_id)
+        # Named after the source: the clone is written by the holder of the source's lock.
+        build = self._scratch_path(model_id, "clone")
         os.makedirs(build)
         for name in (_VERSION_FILE, _DEFINITION_FILE):
             with open(os.path.join(source, name), "rb") as fh:

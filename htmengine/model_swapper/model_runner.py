@@ -27,6 +27,10 @@ anomaly service forwards the rows stored during creation under the metric row lo
 metric becomes ACTIVE), so a row at or below the mark was already run: the storer's re-forward of
 rows whose forwarding a crash may have lost, or a repeated activation hand-off.
 
+Taking the model's lock, the runner first deletes what saves of this model killed midway left
+(``CheckpointManager.repair``): every step of a save leaves a checkpoint that loads, as before or
+as after that save, so a killed run is simply run again from it.
+
 The model itself (``htmengine.htm.model.ScalarAnomalyModel``) is built lazily on the first input row:
 from ``model.bin`` plus a replay of the journal, or from the stored definition. A model that cannot
 be restored (unreadable checkpoint, foreign blob, bad definition) answers every row with
@@ -48,7 +52,12 @@ from typing import Any, Protocol
 
 from htmengine import exceptions
 from htmengine.exceptions import ModelAlreadyExists, ModelNotFound
-from htmengine.model_swapper.checkpoint_mgr import Checkpoint, CheckpointManager, InputRow
+from htmengine.model_swapper.checkpoint_mgr import (
+    Checkpoint,
+    CheckpointManager,
+    InputRow,
+    fault_point,
+)
 from htmengine.model_swapper.model_swapper_interface import (
     ModelCommand,
     ModelCommandResult,
@@ -248,6 +257,11 @@ class ModelRunner:
         should_yield = should_yield if should_yield is not None else should_stop
         report = ServeReport(model_id)
         with self.checkpoints.model_lock(model_id):
+            repaired = self.checkpoints.repair(model_id)
+            if repaired:
+                _log.warning(
+                    "model %s: removed %d leftover(s) of interrupted saves", model_id, repaired
+                )
             session = _Session(model_id)
             self._read_checkpoint(session)
             while True:
@@ -309,6 +323,7 @@ class ModelRunner:
                 results = self._process_batch(session, batch, run_rows, run_batch_ids, report)
                 if results:
                     self.swapper.submitResults(model_id, results)
+                    fault_point("run.published", model_id)
                 load_sec = (report.load_ms - load_ms) / 1000.0
                 report.batch_seconds.append(time.perf_counter() - started - load_sec)
                 run_batch_ids.append(batch.batchID)
@@ -323,6 +338,7 @@ class ModelRunner:
                     break
         if run_batch_ids and not session.deleted:
             self._checkpoint(session, run_batch_ids, run_rows, report)
+            fault_point("run.checkpointed", model_id)
         for batch in to_ack:
             batch.ack()
         if session.deleted and not self.swapper.cleanUpAfterModelDeletion(model_id):
@@ -367,6 +383,7 @@ class ModelRunner:
             return None
         started = time.perf_counter()
         try:
+            fault_point("model.build", session.model_id)
             if checkpoint.model_blob is not None:
                 model = self.model_class.load(checkpoint.model_blob)
                 self.blob_load_ms.add((time.perf_counter() - started) * 1000.0)

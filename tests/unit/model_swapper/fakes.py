@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import shutil
+import time
 from dataclasses import dataclass, field
 
 from htmengine.exceptions import MessageQueueNotFound
@@ -96,3 +99,105 @@ class ToyModel:
         model = cls({})
         model.total, model.count, model.fail_on = json.loads(blob)
         return model
+
+
+class FileBus:
+    """The MessageBus contract on a directory, so that several processes share one "broker" and
+    a consumer killed with SIGKILL leaves what a broker would: its unacked messages taken.
+
+    Queue ``q`` is the directory ``<root>/q`` (one file per message, named in publish order);
+    `get` moves a message into ``<root>/q.taken``, its ack deletes it, and `requeue_unacked`
+    (what the broker does when a consumer's connection dies) moves taken messages back.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+
+    def _dir(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def _taken(self, name: str) -> str:
+        return os.path.join(self.root, name + ".taken")
+
+    def declare_queue(self, name: str, durable: bool = True, passive: bool = False) -> int:
+        if passive and not os.path.isdir(self._dir(name)):
+            raise MessageQueueNotFound(name)
+        os.makedirs(self._dir(name), exist_ok=True)
+        os.makedirs(self._taken(name), exist_ok=True)
+        return len(os.listdir(self._dir(name)))
+
+    def purge_queue(self, name: str) -> int:
+        if not os.path.isdir(self._dir(name)):
+            raise MessageQueueNotFound(name)
+        names = os.listdir(self._dir(name))
+        for message in names:
+            os.unlink(os.path.join(self._dir(name), message))
+        return len(names)
+
+    def delete_queue(self, name: str, *, if_empty: bool = False) -> int | None:
+        if not os.path.isdir(self._dir(name)):
+            return 0
+        count = len(os.listdir(self._dir(name)))
+        if if_empty and count:
+            return None
+        shutil.rmtree(self._dir(name))
+        shutil.rmtree(self._taken(name), ignore_errors=True)
+        return count
+
+    def publish(self, queue: str, body: bytes, *, persistent: bool = True, headers=None) -> None:
+        if not os.path.isdir(self._dir(queue)):
+            raise MessageQueueNotFound(queue)
+        name = f"{time.time_ns():020d}.{os.getpid()}"
+        temp = os.path.join(self.root, f".{name}")
+        with open(temp, "wb") as fh:
+            fh.write(body)
+        os.rename(temp, os.path.join(self._dir(queue), name))
+
+    def get(self, queue: str) -> FileMessage | None:
+        if not os.path.isdir(self._dir(queue)):
+            raise MessageQueueNotFound(queue)
+        names = sorted(os.listdir(self._dir(queue)))
+        if not names:
+            return None
+        taken = os.path.join(self._taken(queue), names[0])
+        os.rename(os.path.join(self._dir(queue), names[0]), taken)
+        with open(taken, "rb") as fh:
+            return FileMessage(fh.read(), taken, os.path.join(self._dir(queue), names[0]))
+
+    def messages(self, queue: str) -> list[bytes]:
+        """The bodies waiting in `queue`, in order (a reader's view; nothing is taken)."""
+        bodies = []
+        for name in sorted(os.listdir(self._dir(queue))):
+            with open(os.path.join(self._dir(queue), name), "rb") as fh:
+                bodies.append(fh.read())
+        return bodies
+
+    def unacked(self, queue: str) -> int:
+        return len(os.listdir(self._taken(queue)))
+
+    def requeue_unacked(self, queue: str) -> None:
+        for name in os.listdir(self._taken(queue)):
+            os.rename(os.path.join(self._taken(queue), name), os.path.join(self._dir(queue), name))
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FileMessage:
+    body: bytes
+    taken_path: str
+    queue_path: str
+    redelivered: bool = False
+    headers: dict = field(default_factory=dict)
+
+    def ack(self, *, multiple: bool = False) -> bool:
+        os.unlink(self.taken_path)
+        return True
+
+    def nack(self, requeue: bool = True) -> None:
+        if requeue:
+            os.rename(self.taken_path, self.queue_path)
+        else:
+            os.unlink(self.taken_path)
