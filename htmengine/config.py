@@ -8,6 +8,12 @@ Precedence for an option that exists in the baseline file, highest first:
    file stem becomes ``_``), e.g. ``_NTA_UTILS_CONFIG__APPLICATION__REPOSITORY__DB``;
 2. ``<APPLICATION_CONFIG_PATH>/overrides/<file>``;
 3. ``<APPLICATION_CONFIG_PATH>/<file>``.
+
+The local secrets file (``secrets/local.cnf`` under ``$HTMENGINE_VAR``, default
+``<APPLICATION_CONFIG_PATH>/../var``; written by ``scripts/servers.sh``) is a layer beneath all of these
+for the servers' credentials only: where application.conf [repository] or rabbitmq.conf [credentials]
+leave ``user`` empty, both the user and its password come from that file. An application that names
+its own user (even with an empty password) gets exactly its own values, as in the original.
 """
 
 from __future__ import annotations
@@ -18,6 +24,19 @@ import os
 
 CONFIG_PATH_ENV = "APPLICATION_CONFIG_PATH"
 ENV_OVERRIDE_PREFIX = "_NTA_UTILS_CONFIG"
+VAR_ENV = "HTMENGINE_VAR"
+LOCAL_SECRETS_FILE = os.path.join("secrets", "local.cnf")
+
+# What the local secrets file supplies: (config file, section) -> (its section, {key: its key}).
+_LOCAL_CREDENTIALS = {
+    ("application.conf", "repository"): ("client", {"user": "user", "passwd": "password"}),
+    ("rabbitmq.conf", "credentials"): ("rabbitmq", {"user": "user", "password": "password"}),
+}
+# The environment conf/supervisord.conf expands into [inet_http_server] username/password.
+SUPERVISOR_ENV = {
+    "HTMENGINE_SUPERVISOR_USER": ("supervisor", "username"),
+    "HTMENGINE_SUPERVISOR_PASSWORD": ("supervisor", "password"),
+}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -44,6 +63,46 @@ def config_dir() -> str:
     return path
 
 
+def local_secrets_path(base_dir: str | None = None) -> str:
+    """Where scripts/servers.sh keeps the local servers' credentials."""
+    var = os.environ.get(VAR_ENV) or os.path.join(
+        base_dir if base_dir is not None else config_dir(), os.pardir, "var"
+    )
+    return os.path.normpath(os.path.join(var, LOCAL_SECRETS_FILE))
+
+
+def read_local_secrets(base_dir: str | None = None) -> configparser.ConfigParser | None:
+    """The local secrets file, or None when there is none; refused if others may read it."""
+    path = local_secrets_path(base_dir)
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path) as handle:
+            if os.fstat(handle.fileno()).st_mode & 0o077:
+                raise ConfigError(f"{path} is readable by others; chmod 600 it")
+            parser.read_file(handle, source=path)
+    except FileNotFoundError:
+        return None
+    except configparser.Error as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    return parser
+
+
+def supervisor_environ(base_dir: str | None = None) -> dict[str, str]:
+    """The credentials supervisord.conf expands (``%(ENV_HTMENGINE_SUPERVISOR_...)s``), from the
+    environment or else the local secrets file; names without a value are left out."""
+    secrets = None
+    environ = {}
+    for name, (section, key) in SUPERVISOR_ENV.items():
+        value = os.environ.get(name)
+        if value is None:
+            if secrets is None:
+                secrets = read_local_secrets(base_dir) or configparser.ConfigParser()
+            value = secrets.get(section, key, fallback=None)
+        if value is not None:
+            environ[name] = value
+    return environ
+
+
 class Config:
     """One INI file of the application's configuration directory, with overrides applied."""
 
@@ -63,6 +122,7 @@ class Config:
                 self._parser.read(self.override_path)
         except configparser.Error as exc:
             raise ConfigError(f"cannot parse {self.path}: {exc}") from exc
+        self._local_secrets: configparser.ConfigParser | None = None
 
     def _env_name(self, section: str, option: str) -> str:
         parts = (ENV_OVERRIDE_PREFIX, self._env_root, section, option)
@@ -77,10 +137,33 @@ class Config:
             raise ConfigError(f"{self.path}: section [{section}] is missing")
         if not self._parser.has_option(section, option):
             raise ConfigError(f"{self.path}: key '{option}' is missing from section [{section}]")
+        local = _LOCAL_CREDENTIALS.get((self.file_name, section))
+        if local is not None and option in local[1] and not self._own(section, "user").strip():
+            return self._local_secret(section, option, *local)
+        return self._own(section, option)
+
+    def _own(self, section: str, option: str) -> str:
+        """The value of the application's own files and environment."""
         override = os.environ.get(self._env_name(section, option))
         if override is not None:
             return override
-        return self._parser.get(section, option)
+        return self._parser.get(section, option, fallback="")
+
+    def _local_secret(
+        self, section: str, option: str, secrets_section: str, keys: dict[str, str]
+    ) -> str:
+        if self._local_secrets is None:
+            self._local_secrets = read_local_secrets(self.base_dir)
+        path = local_secrets_path(self.base_dir)
+        if self._local_secrets is None or not self._local_secrets.has_option(
+            secrets_section, keys[option]
+        ):
+            raise ConfigError(
+                f"{self.path}: [{section}] user is empty, so {option} comes from the local secrets "
+                f"file, but {path} has no [{secrets_section}] {keys[option]} (run "
+                f"scripts/servers.sh start, or set user and {option} in {self.file_name})"
+            )
+        return self._local_secrets.get(secrets_section, keys[option])
 
     def _convert(self, section: str, option: str, kind: str, convert):
         raw = self.get(section, option)

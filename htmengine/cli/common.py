@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import configparser
 import datetime
+import functools
 import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -57,8 +60,15 @@ def checkout_script(name: str) -> Path:
     return path
 
 
+_ENV_REFERENCE = re.compile(r"%\(ENV_(\w+)\)s")
+
+
 def supervisor_url_from_config(conf_dir: str) -> str:
-    """The XML-RPC URL of [inet_http_server] in <conf_dir>/supervisord.conf (or the default)."""
+    """The XML-RPC URL of [inet_http_server] in <conf_dir>/supervisord.conf (or the default).
+
+    Credentials written as ``%(ENV_NAME)s`` (as conf/supervisord.conf does) are expanded from the
+    environment, or else from the local secrets file (htmengine.config.supervisor_environ).
+    """
     path = Path(conf_dir) / "supervisord.conf"
     parser = configparser.RawConfigParser(strict=False)
     try:
@@ -73,13 +83,29 @@ def supervisor_url_from_config(conf_dir: str) -> str:
         host = "127.0.0.1"
     credentials = ""
     if parser.has_option("inet_http_server", "username"):
-        password = (
-            parser.get("inet_http_server", "password")
-            if parser.has_option("inet_http_server", "password")
-            else ""
-        )
-        credentials = f"{parser.get('inet_http_server', 'username')}:{password}@"
+        environ = htm_config.supervisor_environ(conf_dir)
+
+        def expand(option: str) -> str:
+            value = parser.get("inet_http_server", option, fallback="")
+            for name in _ENV_REFERENCE.findall(value):
+                if name not in environ:
+                    raise ConfigError(
+                        f"{path}: [inet_http_server] {option} needs ${name}, which is neither set "
+                        f"nor in {htm_config.local_secrets_path(conf_dir)}"
+                    )
+            return _ENV_REFERENCE.sub(lambda match: environ[match.group(1)], value)
+
+        quote = functools.partial(urllib.parse.quote, safe="")
+        credentials = f"{quote(expand('username'))}:{quote(expand('password'))}@"
     return f"http://{credentials}{host}:{port}/RPC2"
+
+
+def without_credentials(url: str) -> str:
+    """`url` without its user:password@ part (for showing it)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def describe_error(exc: BaseException) -> str | None:

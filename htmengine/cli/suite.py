@@ -21,6 +21,7 @@ from htmengine.cli.common import (
     scrape_metrics,
     status_name,
     supervisor_url_from_config,
+    without_credentials,
 )
 
 # Key figures `status` shows per service: (label, Prometheus sample name). A histogram's mean is
@@ -119,12 +120,14 @@ class SuiteStatus:
     problems: list[str] = field(default_factory=list)
 
 
-def _collect_services(status: SuiteStatus) -> None:
-    proxy = xmlrpc.client.ServerProxy(status.supervisor_url, transport=_TimeoutTransport())
+def _collect_services(status: SuiteStatus, url: str) -> None:
+    """supervisord's view; `url` may hold credentials, which never reach the status shown."""
+    proxy = xmlrpc.client.ServerProxy(url, transport=_TimeoutTransport())
     try:
         infos = proxy.supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error, http.client.HTTPException) as exc:
-        status.problems.append(f"supervisord not reachable at {status.supervisor_url} ({exc})")
+        detail = str(exc).replace(url.removeprefix("http://"), status.supervisor_url)
+        status.problems.append(f"supervisord not reachable at {status.supervisor_url} ({detail})")
         return
     for info in infos:
         status.services[info["name"]] = {
@@ -214,8 +217,8 @@ def _collect_figures(status: SuiteStatus) -> None:
 
 def collect_status(supervisor_url: str) -> SuiteStatus:
     """Ask supervisord, RabbitMQ, MySQL and each service's /metrics how the suite is doing."""
-    status = SuiteStatus(supervisor_url=supervisor_url)
-    _collect_services(status)
+    status = SuiteStatus(supervisor_url=without_credentials(supervisor_url))
+    _collect_services(status, supervisor_url)
     model_uids: list[str] | None = None
     # A failure is reported as a problem; the other sections are still shown.
     try:

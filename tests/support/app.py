@@ -3,6 +3,9 @@
 Each test session gets its own app name, database, queue names, ports, checkpoint root and log
 directory, written as an overrides/ layer on top of a copy of the repository's conf/ directory, so
 several test runs (and the real suite) can share one MariaDB and one RabbitMQ.
+
+The servers are the ones scripts/servers.sh runs for $HTMENGINE_VAR (default <repo>/var): the app logs
+in with the credentials of its local secrets file, on the ports written there.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SERVERS_SCRIPT = REPO / "scripts" / "servers.sh"
+# App (and database) names start with this: the services' MariaDB user may only use htmengine*.
+APP_NAME_PREFIX = "htmengine_t"
 
 
 def free_port() -> int:
@@ -31,9 +36,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def servers_var() -> Path:
+    """The servers' var/ directory, exported so the config layer (here and in every service the
+    tests start) finds its secrets file from a test app's config directory too."""
+    var = os.environ.setdefault("HTMENGINE_VAR", str(REPO / "var"))
+    return Path(var)
+
+
 def start_servers() -> None:
     """Start MariaDB and RabbitMQ with the project's own script (idempotent)."""
+    servers_var()
     subprocess.run(["bash", str(SERVERS_SCRIPT), "start"], check=True)
+
+
+def local_secrets() -> configparser.ConfigParser:
+    from htmengine.config import local_secrets_path, read_local_secrets
+
+    secrets = read_local_secrets()
+    if secrets is None:
+        raise RuntimeError(f"{local_secrets_path()} is missing: run scripts/servers.sh start")
+    return secrets
 
 
 def restart_rabbitmq() -> None:
@@ -119,7 +141,7 @@ class TestApp:
 
 def create_test_app(root: Path) -> TestApp:
     """Copy conf/ into `root`, point every name and port at this app, and activate it."""
-    name = "t" + uuid.uuid4().hex[:10]
+    name = APP_NAME_PREFIX + uuid.uuid4().hex[:10]
     conf_dir = root / "conf"
     conf_dir.mkdir(parents=True)
     for path in (REPO / "conf").iterdir():
@@ -128,6 +150,9 @@ def create_test_app(root: Path) -> TestApp:
     (root / "logs").mkdir()
     (root / "var").mkdir()
     app = TestApp(root=root, name=name)
+    servers_var()
+    app.activate()  # the secrets file is found through the app's config
+    secrets = local_secrets()
     app.ports = {
         "plaintext": free_port(),
         "udp": free_port(),
@@ -141,7 +166,7 @@ def create_test_app(root: Path) -> TestApp:
         conf_dir,
         "application.conf",
         {
-            "repository": {"db": app.db_name},
+            "repository": {"db": app.db_name, "port": secrets.get("client", "port")},
             "metric_streamer": {"results_exchange_name": app.results_exchange},
             "metric_listener": {
                 "plaintext_port": app.ports["plaintext"],
@@ -166,6 +191,11 @@ def create_test_app(root: Path) -> TestApp:
         },
     )
     _write_overrides(
+        conf_dir, "rabbitmq.conf", {"connection": {"port": secrets.get("rabbitmq", "port")}}
+    )
+    # As scripts/up.sh makes the standalone one: for this user only.
+    (root / "var" / "checkpoints").mkdir(mode=0o700)
+    _write_overrides(
         conf_dir, "model-checkpoint.conf", {"storage": {"root": str(root / "var" / "checkpoints")}}
     )
     app.activate()
@@ -173,14 +203,10 @@ def create_test_app(root: Path) -> TestApp:
 
 
 def drop_database(app: TestApp) -> None:
-    import pymysql
+    from htmengine.repository import migrate
 
-    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{app.db_name}`")
-    finally:
-        conn.close()
+    app.activate()
+    migrate.drop_database()
 
 
 class Supervisor:
@@ -191,7 +217,13 @@ class Supervisor:
         self.programs = list(programs) if programs is not None else None
         self.conf_path = app.conf_dir / "supervisord.conf"
         self.proc: subprocess.Popen | None = None
-        self.server = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{app.ports['supervisor']}/RPC2")
+        supervisor = local_secrets()["supervisor"]
+        self.credentials = (supervisor["username"], supervisor["password"])
+        self.url = f"http://127.0.0.1:{app.ports['supervisor']}/RPC2"
+        user, password = self.credentials
+        self.server = xmlrpc.client.ServerProxy(
+            f"http://{user}:{password}@127.0.0.1:{app.ports['supervisor']}/RPC2"
+        )
 
     def write_config(self) -> None:
         shutil.copy(REPO / "conf" / "supervisord-base.conf", self.app.conf_dir)
@@ -222,6 +254,9 @@ class Supervisor:
         env = dict(os.environ)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        from htmengine.config import supervisor_environ
+
+        env.update(supervisor_environ(str(self.app.conf_dir)))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf_path)],
             env=env,

@@ -167,8 +167,14 @@ def test_supervisor_url_comes_from_inet_http_server(tmp_path: Path, section: str
     assert supervisor_url_from_config(str(tmp_path)) == url
 
 
-def test_supervisor_url_of_the_standalone_app() -> None:
-    assert supervisor_url_from_config(str(REPO / "conf")) == "http://127.0.0.1:9001/RPC2"
+def test_supervisor_url_of_the_standalone_app(monkeypatch) -> None:
+    # Its credentials are expanded from the environment (or the local secrets file).
+    monkeypatch.setenv("HTMENGINE_SUPERVISOR_USER", "htmengine")
+    monkeypatch.setenv("HTMENGINE_SUPERVISOR_PASSWORD", "s3cret")
+    assert (
+        supervisor_url_from_config(str(REPO / "conf"))
+        == "http://htmengine:s3cret@127.0.0.1:9001/RPC2"
+    )
 
 
 # -- one-line errors ---------------------------------------------------------------------------
