@@ -335,13 +335,15 @@ CONF
 }
 
 # The services' user and vhost (full rights there, none elsewhere); guest is deleted. Passwords go
-# through stdin, never the command line. Each rabbitmqctl call costs seconds, so a node already set
-# up with this password (the stamp names its pid and the password's hash) is left alone.
+# through stdin, never the command line. Each rabbitmqctl call costs seconds (tests restart the
+# node), so a node whose database was already set up with this password is left alone: the stamp
+# names the node's database directory (its inode: a new database is a new directory) and the
+# password's hash.
 rmq_accounts() {
   write_local_secrets
   local pw users stamp
   pw=$(ini_get "$SECRETS" rabbitmq password)
-  stamp="$(cat "$RMQ_PID") $(printf %s "$pw" | sha1sum | cut -c1-40)"
+  stamp="$RMQ_NODENAME $(stat -c %i "$RABBITMQ_MNESIA_BASE/$RMQ_NODENAME") $(printf %s "$pw" | sha1sum | cut -c1-40)"
   [ "$(cat "$RMQ_DIR/accounts.ok" 2>/dev/null)" != "$stamp" ] || return 0
   rmqctl -q list_vhosts name | grep -qx "$APP_VHOST" || rmqctl -q add_vhost "$APP_VHOST" >/dev/null
   users=$(rmqctl -q list_users | awk '{print $1}')
