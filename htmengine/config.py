@@ -161,7 +161,7 @@ class Config:
             raise ConfigError(
                 f"{self.path}: [{section}] user is empty, so {option} comes from the local secrets "
                 f"file, but {path} has no [{secrets_section}] {keys[option]} (run "
-                f"scripts/servers.sh start, or set user and {option} in {self.file_name})"
+                f"scripts/servers.sh start, or set {' and '.join(keys)} in {self.file_name})"
             )
         return self._local_secrets.get(secrets_section, keys[option])
 

@@ -6,7 +6,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.app import Supervisor, TestApp, create_test_app, drop_database, start_servers
+from tests.support.app import (
+    Supervisor,
+    TestApp,
+    create_test_app,
+    drop_database,
+    servers_var,
+    start_servers,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every service a test starts, from any config directory, finds the local servers' secrets.
+    servers_var()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
