@@ -180,9 +180,16 @@ mysql_outdated() {
   return 1
 }
 
+# A server of this var/ already running on another port than asked: say so rather than write the
+# asked port into the secrets file.
+check_port() {
+  [ "$2" = "$3" ] || die "$1 of $VAR already runs on port $2, not $3 (set HTMENGINE_*_PORT to match, or stop it)"
+}
+
 mysql_start() {
   if pid_alive "$MYSQL_PID"; then
     local pid; pid=$(cat "$MYSQL_PID")
+    check_port MariaDB "$(tr '\0' '\n' <"/proc/$pid/cmdline" | sed -n 's/^--port=//p')" "$MYSQL_PORT"
     if mysql_outdated "$pid"; then
       log "MariaDB (pid $pid) runs as root or without secure_file_priv: restarting it as $RUN_AS"
       mysql_stop
@@ -300,6 +307,7 @@ rmq_start() {
   rmq_env
   if pid_alive "$RMQ_PID"; then
     local pid; pid=$(cat "$RMQ_PID")
+    check_port RabbitMQ "$(sed -n 's/^listeners.tcp.default = 127.0.0.1://p' "$RABBITMQ_CONFIG_FILE.conf")" "$AMQP_PORT"
     if [ "$(stat -c %u "/proc/$pid")" != "$(id -u "$RUN_AS")" ]; then
       log "RabbitMQ (pid $pid) runs as root: restarting it as $RUN_AS"
       rmq_stop
