@@ -75,6 +75,15 @@ as_server_user() {
   fi
 }
 
+# The same, replacing the calling (background) subshell, so no bash lingers as the server's parent.
+exec_as_server_user() {
+  if [ "$(id -u)" -eq 0 ]; then
+    exec setpriv --reuid="$RUN_AS" --regid="$RUN_AS" --init-groups -- "$@"
+  else
+    exec "$@"
+  fi
+}
+
 # mkdir -p, owned by the servers' user, mode 0700.
 server_dir() {
   mkdir -p "$@"
@@ -210,12 +219,12 @@ mysql_start() {
   [ "$(id -u)" -ne 0 ] || chown -R "$RUN_AS:" "$MYSQL_DIR"
   chmod 0700 "$MYSQL_DATA"
   log "starting MariaDB on 127.0.0.1:$MYSQL_PORT as $RUN_AS"
-  as_server_user nohup mariadbd --no-defaults --datadir="$MYSQL_DATA" --socket="$MYSQL_SOCK" \
+  exec_as_server_user nohup mariadbd --no-defaults --datadir="$MYSQL_DATA" --socket="$MYSQL_SOCK" \
     --pid-file="$MYSQL_PID" --port="$MYSQL_PORT" --bind-address=127.0.0.1 --skip-name-resolve=0 \
     --secure-file-priv="$MYSQL_FILES" --local-infile=0 \
     --log-error="$MYSQL_LOG" --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
     --innodb-buffer-pool-size=512M --innodb-flush-log-at-trx-commit=1 --max-connections=500 \
-    >/dev/null 2>&1 &
+    >/dev/null 2>&1 9>&- &
   for _ in $(seq 1 100); do
     # ping answers "alive" (exit 0) even when the login is refused: it only tests the socket.
     if mariadb-admin --no-defaults --socket="$MYSQL_SOCK" -uping ping >/dev/null 2>&1; then
@@ -331,7 +340,7 @@ CONF
   # Data (and the Erlang cookie in $HOME) made by an older version of this script belong to root.
   [ "$(id -u)" -ne 0 ] || chown -R "$RUN_AS:" "$RMQ_DIR"
   log "starting RabbitMQ on 127.0.0.1:$AMQP_PORT as $RUN_AS (node $RMQ_NODENAME)"
-  as_server_user nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$RMQ_DIR/server.out" 2>&1 &
+  exec_as_server_user nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$RMQ_DIR/server.out" 2>&1 9>&- &
   sleep 1
   if ! rmqctl wait --timeout 120 "$RMQ_PID" >/dev/null 2>&1; then
     tail -30 "$RMQ_DIR/server.out" >&2 || true
@@ -411,7 +420,16 @@ case "${1:-}" in
   install) install; exit ;;
   secret) [ $# -eq 3 ] || die "usage: $0 secret SECTION KEY"; ini_get "$SECRETS" "$2" "$3"; exit ;;
 esac
-case "${1:-}" in start|start-*|restart-*) ensure_service_user ;; esac
+case "${1:-}" in
+  start|start-*|restart-*|stop|stop-*)
+    # One at a time per var/: the test sessions of several checkouts start the shared servers at
+    # once. (fd 9 is closed for the servers, which would otherwise hold the lock.)
+    mkdir -p "$VAR"
+    exec 9>"$VAR/.servers.lock"
+    flock 9
+    ensure_service_user
+    ;;
+esac
 setup_paths
 umask 077
 case "${1:-}" in
