@@ -531,10 +531,17 @@ class CheckpointManager:
             # after the intact ones (a torn tail), never stale bytes of an older torn tail.
             fh.truncate(checkpoint.journal_length)
             fh.seek(checkpoint.journal_length)
-            fh.write(record)
-            fh.flush()
-            fault_point("append.written", checkpoint.model_id)
-            os.fsync(fh.fileno())
+            try:
+                fh.write(record)
+                fh.flush()
+                fault_point("append.written", checkpoint.model_id)
+                os.fsync(fh.fileno())
+            except Exception:
+                # Not durable (a failed fsync may have dropped the pages): take the record back,
+                # so that no later load counts its rows as checkpointed.
+                with contextlib.suppress(OSError):
+                    fh.truncate(checkpoint.journal_length)
+                raise
         fault_point("append.synced", checkpoint.model_id)
         checkpoint.journal_length += len(record)
         checkpoint.journal_records += 1

@@ -32,10 +32,22 @@ Taking the model's lock, the runner first deletes what saves of this model kille
 as after that save, so a killed run is simply run again from it.
 
 The model itself (``htmengine.htm.model.ScalarAnomalyModel``) is built lazily on the first input row:
-from ``model.bin`` plus a replay of the journal, or from the stored definition. A model that cannot
-be restored (unreadable checkpoint, foreign blob, bad definition) answers every row with
-ERR_NO_SUCH_MODEL and the reason, which puts its metric into ERROR: it can never score again, and
-``htmengine monitor --force`` recreates it.
+from ``model.bin`` plus a replay of the journal, or from the stored definition.
+
+Failures are either transient or permanent (the status codes' contract is in
+``htmengine.exceptions``):
+
+* transient: an OSError or MemoryError while reading, building, saving, defining, deleting or
+  cloning a model (disk full, an I/O error, memory pressure). The step is retried in place a few
+  times with a short backoff; if it still fails, the run is given back: its batches are nacked
+  back into the queue (nothing acked, nothing lost), the model leaves memory, and the report's
+  ``retry`` says why, so the controller serves the model again after a growing delay. No result
+  is published for a transient fault, so it never puts a metric into ERROR.
+* permanent: a model that cannot be restored (a CheckpointError: CRC or format error, a missing
+  store file; a blob the model class rejects; a definition it cannot build) answers every row with
+  ERR_MODEL_UNUSABLE and the reason; rows of a model without a checkpoint entry get
+  ERR_NO_SUCH_MODEL. Either puts the metric into ERROR: the model can never score again, and
+  ``htmengine monitor --force`` recreates it.
 """
 
 from __future__ import annotations
@@ -48,7 +60,9 @@ import traceback
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import tenacity
 
 from htmengine import exceptions
 from htmengine.exceptions import ModelAlreadyExists, ModelNotFound
@@ -71,6 +85,18 @@ _log = logging.getLogger("htmengine.model_swapper.model_runner")
 
 # Characters of traceback kept in an error message (as the original did).
 _TRACEBACK_TAIL_CHARS = 400
+
+# Faults of the machine, not of the model: retried (see the module doc).
+TRANSIENT_FAULTS = (OSError, MemoryError)
+# In-place attempts at a step that meets a transient fault, and the first backoff (doubling).
+TRANSIENT_ATTEMPTS = 3
+TRANSIENT_WAIT_SEC = 0.1
+
+T = TypeVar("T")
+
+
+class RetryLater(Exception):
+    """A transient fault outlasted the in-place retries: give the run back, serve it later."""
 
 
 class AnomalyModel(Protocol):
@@ -177,6 +203,8 @@ class ServeReport:
     incremental_save_bytes: int = 0
     save_ms: float = 0.0
     batch_seconds: list[float] = field(default_factory=list)
+    # Why the serve gave its run back after a transient fault (None: it did not).
+    retry: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,6 +239,7 @@ class ModelRunner:
         full_checkpoint_rows: int = 100,
         model_class: Any | None = None,
         adaptive_full_saves: bool = True,
+        transient_wait_sec: float = TRANSIENT_WAIT_SEC,
     ) -> None:
         self.swapper = swapper
         self.checkpoints = checkpoints
@@ -218,6 +247,7 @@ class ModelRunner:
         self.full_checkpoint_rows = max(1, full_checkpoint_rows)
         self._model_class = model_class
         self.adaptive_full_saves = adaptive_full_saves
+        self.transient_wait_sec = transient_wait_sec
         # Costs measured in this worker, for the full-save interval: a row through the model, and
         # a full save (a blob load stands in until the first save was timed).
         self.row_ms = _Average()
@@ -263,19 +293,23 @@ class ModelRunner:
                     "model %s: removed %d leftover(s) of interrupted saves", model_id, repaired
                 )
             session = _Session(model_id)
-            self._read_checkpoint(session)
-            while True:
-                drained = self._run_once(session, should_stop, report)
-                report.runs += 1
-                if session.deleted:
-                    report.deleted = True
-                    break
-                if drained:
-                    report.drained = True
-                    break
-                if should_yield():
-                    break
-            if session.deleted:
+            try:
+                self._read_checkpoint(session)
+                while True:
+                    drained = self._run_once(session, should_stop, report)
+                    report.runs += 1
+                    if session.deleted:
+                        report.deleted = True
+                        break
+                    if drained:
+                        report.drained = True
+                        break
+                    if should_yield():
+                        break
+            except RetryLater as exc:
+                report.retry = str(exc)
+                _log.warning("model %s: run given back, to be retried: %s", model_id, exc)
+            if session.deleted and report.retry is None:
                 self.checkpoints.discard_lock(model_id)  # still held: see model_lock
         if report.skipped_rows:
             _log.info(
@@ -285,14 +319,57 @@ class ModelRunner:
             )
         return report
 
-    def _read_checkpoint(self, session: _Session) -> None:
+    def _retrying(self, what: str, model_id: str, operation: Callable[[], T]) -> T:
+        """`operation()`, tried again on a transient fault; RetryLater once attempts run out."""
         try:
-            session.use_checkpoint(self.checkpoints.load(session.model_id))
+            return operation()  # the hot path, without the retry machinery (~0.1 ms a call)
+        except TRANSIENT_FAULTS as exc:
+            _log.warning(
+                "%s of model %s failed (attempt 1 of %d): %r; retrying",
+                what,
+                model_id,
+                TRANSIENT_ATTEMPTS,
+                exc,
+            )
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            _log.warning(
+                "%s of model %s failed (attempt %d of %d): %r; retrying",
+                what,
+                model_id,
+                state.attempt_number + 1,
+                TRANSIENT_ATTEMPTS,
+                state.outcome.exception() if state.outcome is not None else None,
+            )
+
+        retryer = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TRANSIENT_FAULTS),
+            stop=tenacity.stop_after_attempt(TRANSIENT_ATTEMPTS - 1),
+            wait=tenacity.wait_exponential(multiplier=self.transient_wait_sec * 2, max=2.0),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        time.sleep(self.transient_wait_sec)
+        try:
+            return retryer(operation)
+        except TRANSIENT_FAULTS as exc:
+            raise RetryLater(error_message(what, model_id, exc)) from exc
+
+    def _read_checkpoint(self, session: _Session) -> None:
+        model_id = session.model_id
+        try:
+            checkpoint = self._retrying(
+                "load checkpoint", model_id, lambda: self.checkpoints.load(model_id)
+            )
         except ModelNotFound:
-            session.use_checkpoint(None)
+            checkpoint = None
+        except RetryLater:
+            raise
         except Exception as exc:  # a corrupt entry makes the model unusable, not the worker
-            _log.exception("checkpoint of model %s is unreadable", session.model_id)
-            session.unusable = error_message("load checkpoint", session.model_id, exc)
+            _log.exception("checkpoint of model %s is unreadable", model_id)
+            session.unusable = error_message("load checkpoint", model_id, exc)
+            return
+        session.use_checkpoint(checkpoint)
 
     def _run_once(
         self, session: _Session, should_stop: Callable[[], bool], report: ServeReport
@@ -309,36 +386,45 @@ class ModelRunner:
         run_rows: list[InputRow] = []
         requests = 0
         drained = True
-        with consumer:
-            for batch in consumer:
-                to_ack.append(batch)
-                known = session.checkpoint.batch_ids if session.checkpoint else ()
-                if batch.batchID in known or batch.batchID in run_batch_ids:
-                    report.duplicate_batches += 1
-                    _log.info(
-                        "skipping batch %s of model %s: already processed", batch.batchID, model_id
-                    )
-                    continue
-                started, load_ms = time.perf_counter(), report.load_ms
-                results = self._process_batch(session, batch, run_rows, run_batch_ids, report)
-                if results:
-                    self.swapper.submitResults(model_id, results)
-                    fault_point("run.published", model_id)
-                load_sec = (report.load_ms - load_ms) / 1000.0
-                report.batch_seconds.append(time.perf_counter() - started - load_sec)
-                run_batch_ids.append(batch.batchID)
-                report.batches += 1
-                requests += len(batch.objects)
-                if (
-                    session.deleted
-                    or requests >= self.target_requests_per_checkpoint
-                    or should_stop()
-                ):
-                    drained = False
-                    break
-        if run_batch_ids and not session.deleted:
-            self._checkpoint(session, run_batch_ids, run_rows, report)
-            fault_point("run.checkpointed", model_id)
+        try:
+            with consumer:
+                for batch in consumer:
+                    to_ack.append(batch)
+                    known = session.checkpoint.batch_ids if session.checkpoint else ()
+                    if batch.batchID in known or batch.batchID in run_batch_ids:
+                        report.duplicate_batches += 1
+                        _log.info(
+                            "skipping batch %s of model %s: already processed",
+                            batch.batchID,
+                            model_id,
+                        )
+                        continue
+                    started, load_ms = time.perf_counter(), report.load_ms
+                    results = self._process_batch(session, batch, run_rows, run_batch_ids, report)
+                    if results:
+                        self.swapper.submitResults(model_id, results)
+                        fault_point("run.published", model_id)
+                    load_sec = (report.load_ms - load_ms) / 1000.0
+                    report.batch_seconds.append(time.perf_counter() - started - load_sec)
+                    run_batch_ids.append(batch.batchID)
+                    report.batches += 1
+                    requests += len(batch.objects)
+                    if (
+                        session.deleted
+                        or requests >= self.target_requests_per_checkpoint
+                        or should_stop()
+                    ):
+                        drained = False
+                        break
+            if run_batch_ids and not session.deleted:
+                self._checkpoint(session, run_batch_ids, run_rows, report)
+                fault_point("run.checkpointed", model_id)
+        except RetryLater:
+            # Nothing of this run is durable: its batches go back to the queue, in order, and
+            # the model (which may have run some of them in memory) leaves with the session.
+            for batch in to_ack:
+                batch.nack(requeue=True)
+            raise
         for batch in to_ack:
             batch.ack()
         if session.deleted and not self.swapper.cleanUpAfterModelDeletion(model_id):
@@ -382,7 +468,8 @@ class ModelRunner:
         if checkpoint is None:
             return None
         started = time.perf_counter()
-        try:
+
+        def build() -> AnomalyModel:
             fault_point("model.build", session.model_id)
             if checkpoint.model_blob is not None:
                 model = self.model_class.load(checkpoint.model_blob)
@@ -391,7 +478,13 @@ class ModelRunner:
                 model = self.model_class(checkpoint.definition["modelParams"]["modelConfig"])
             for timestamp, value in checkpoint.journal_rows:
                 model.run(timestamp, value)
-        except Exception as exc:
+            return model
+
+        try:
+            model = self._retrying("load model", session.model_id, build)
+        except RetryLater:
+            raise
+        except Exception as exc:  # the blob or the definition is not a model: permanent
             _log.exception("model %s cannot be loaded", session.model_id)
             session.unusable = error_message("load model", session.model_id, exc)
             return None
@@ -412,7 +505,7 @@ class ModelRunner:
         if model is None:
             if session.unusable is not None:
                 return ModelInferenceResult(
-                    row.rowID, exceptions.ERR_NO_SUCH_MODEL, errorMessage=session.unusable
+                    row.rowID, exceptions.ERR_MODEL_UNUSABLE, errorMessage=session.unusable
                 )
             return ModelInferenceResult(
                 row.rowID,
@@ -429,6 +522,9 @@ class ModelRunner:
             started = time.perf_counter()
             score = float(model.run(timestamp, value))
             self.row_ms.add((time.perf_counter() - started) * 1000.0)
+        except MemoryError as exc:
+            # The model may be half-updated: not retried in place, the run is given back.
+            raise RetryLater(error_message("run", session.model_id, exc)) from exc
         except Exception as exc:
             _log.warning("row %s of model %s failed: %r", row.rowID, session.model_id, exc)
             return ModelInferenceResult(
@@ -454,7 +550,7 @@ class ModelRunner:
             if method == "defineModel":
                 return self._define(session, command)
             if method == "deleteModel":
-                self.checkpoints.remove(model_id)
+                self._retrying(method, model_id, lambda: self.checkpoints.remove(model_id))
                 session.deleted = True
                 session.use_checkpoint(None)
                 session.model = None
@@ -469,6 +565,8 @@ class ModelRunner:
                 exceptions.ERR_INVALID_ARG,
                 errorMessage=f"unknown command {method!r} for model {model_id}",
             )
+        except RetryLater:
+            raise
         except Exception as exc:
             _log.exception("command %s of model %s failed", method, model_id)
             return ModelCommandResult(
@@ -488,8 +586,11 @@ class ModelRunner:
                 exceptions.ERR_INVALID_ARG,
                 errorMessage=error_message(command.method, session.model_id, exc),
             )
+        model_id = session.model_id
         try:
-            created = self.checkpoints.define(session.model_id, definition)
+            created = self._retrying(
+                command.method, model_id, lambda: self.checkpoints.define(model_id, definition)
+            )
         except ModelAlreadyExists as exc:
             return ModelCommandResult(
                 command.commandID,
@@ -498,7 +599,9 @@ class ModelRunner:
                 errorMessage=error_message(command.method, session.model_id, exc),
             )
         if created or session.checkpoint is None:
-            session.use_checkpoint(self.checkpoints.load(session.model_id))
+            session.use_checkpoint(
+                self._retrying("load checkpoint", model_id, lambda: self.checkpoints.load(model_id))
+            )
             session.model = None
             session.unusable = None
         _log.info("defined model %s (%s)", session.model_id, "new" if created else "unchanged")
@@ -533,7 +636,11 @@ class ModelRunner:
             run_rows.clear()
             run_batch_ids.clear()
         try:
-            self.checkpoints.clone(session.model_id, new_model_id)
+            self._retrying(
+                command.method,
+                session.model_id,
+                lambda: self.checkpoints.clone(session.model_id, new_model_id),
+            )
         except ModelAlreadyExists:
             _log.info("cloneModel: %s already exists; treating as done", new_model_id)
         return ModelCommandResult(command.commandID, command.method, exceptions.SUCCESS)
@@ -552,15 +659,24 @@ class ModelRunner:
             return  # nothing to fold the batches into: an undefined or unusable model
         started = time.perf_counter()
         journal_rows = len(checkpoint.journal_rows) + len(rows)
-        if session.model is not None and self.full_save_due(journal_rows, session.model_id):
-            written = self.checkpoints.save_full(
-                checkpoint, session.model.save(), batch_ids, session.last_rowid
+        model = session.model
+        if model is not None and self.full_save_due(journal_rows, session.model_id):
+            written = self._retrying(
+                "save checkpoint",
+                session.model_id,
+                lambda: self.checkpoints.save_full(
+                    checkpoint, model.save(), batch_ids, session.last_rowid
+                ),
             )
             self.full_save_ms.add((time.perf_counter() - started) * 1000.0)
             report.full_saves += 1
             report.full_save_bytes += written
         else:
-            written = self.checkpoints.append(checkpoint, batch_ids, rows, session.last_rowid)
+            written = self._retrying(
+                "save checkpoint",
+                session.model_id,
+                lambda: self.checkpoints.append(checkpoint, batch_ids, rows, session.last_rowid),
+            )
             report.incremental_saves += 1
             report.incremental_save_bytes += written
         report.save_ms += (time.perf_counter() - started) * 1000.0

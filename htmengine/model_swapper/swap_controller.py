@@ -2,19 +2,26 @@
 
 Events come from a thread-safe queue:
 
-* ``("input", model_id)`` — the model has new input (a scheduler notification, the start-up backlog
-  discovery, or a retry). A running model only gets its activity time refreshed; a model already
+* ``("input", model_id)`` — the model has new input (a scheduler notification or the start-up
+  backlog discovery); ignored while the model waits for a retry. A running model only gets its activity time refreshed; a model already
   waiting stays where it is; otherwise the model takes a free slot, or joins the FIFO of waiting
   models and may trigger a preemption.
 * ``("ready", slot, pid)`` — a slot's worker is up (at start-up and after a restart): the slot is
   free.
 * ``("done", slot, seq, report)`` — the model left the slot: its queue was drained, it was deleted,
   or it was preempted. If it was not drained, or input arrived while it ran and its queue is still
-  non-empty, it goes back to the waiting FIFO.
+  non-empty, it goes back to the waiting FIFO. If the report has a ``retry`` reason (a transient
+  fault outlasted the runner's retries; its run was put back into the queue), the model is retried
+  after a delay instead.
 * ``("failed", slot, seq, model_id, error)`` / ``("died", slot, exitcode)`` — the worker failed or
   died; its unacked input goes back to the queue when its broker connection closes. The model is
   retried after a delay (so the broker has requeued that input before anyone reads the queue again;
   otherwise a later batch could be run first) and the slot is down until its new worker is ready.
+
+* ``("retry", model_id)`` — a model's retry delay is over: as ``input``.
+
+Retry delays grow per model: ``retry_delay`` doubled for each consecutive failure of the model, up
+to RETRY_DELAY_MAX_SEC; a run that ends without one resets it.
 
 Preemption (LRU): while waiting models outnumber pending preemptions and some running model is not
 yet being preempted, the running model with the oldest activity is asked to leave at the end of its
@@ -43,8 +50,10 @@ from htmengine.model_swapper.slot_agent import SlotAgent, WorkerSettings
 
 _log = logging.getLogger("htmengine.model_swapper.swap_controller")
 
-# Delay before retrying a model whose worker failed or died (lets the broker requeue its input).
+# Delay before retrying a model whose worker failed or died (lets the broker requeue its input),
+# or whose run met a transient fault; doubled per consecutive failure of the model, up to the max.
 RETRY_DELAY_SEC = 2.0
+RETRY_DELAY_MAX_SEC = 60.0
 # Notification reader: seconds between checks of the stop flag.
 _POLL_SEC = 1.0
 # Backlog discovery: retry delay bounds when the database or broker is unreachable.
@@ -91,6 +100,7 @@ class ControllerStats:
     swaps: int = 0
     preemptions: int = 0
     worker_deaths: int = 0
+    transient_retries: int = 0
 
 
 class SwapController:
@@ -132,6 +142,8 @@ class SwapController:
         self._stopping = False
         self.stopped = threading.Event()
         self._timers: list[threading.Timer] = []
+        self._failures: dict[str, int] = {}  # model -> consecutive failed runs
+        self._backing_off: set[str] = set()  # models whose retry delay is running
 
     # --- API for other threads --------------------------------------------------------------------
 
@@ -170,8 +182,8 @@ class SwapController:
     # --- event handlers ---------------------------------------------------------------------------
 
     def _on_input(self, model_id: str) -> None:
-        if self._stopping:
-            return
+        if self._stopping or model_id in self._backing_off:
+            return  # a model waiting for its retry starts when the delay is over
         now = time.monotonic()
         slot = self.running_slot.get(model_id)
         if slot is not None:
@@ -206,8 +218,14 @@ class SwapController:
         if self._on_report is not None:
             self._on_report(report)
         model_id = run.model_id
-        if not report.get("deleted"):
-            if not report.get("drained"):
+        if report.get("retry"):
+            self.stats.transient_retries += 1
+            self._retry_later(model_id)
+        else:
+            self._failures.pop(model_id, None)
+            if report.get("deleted"):
+                pass
+            elif not report.get("drained"):
                 self._enqueue(model_id)
             elif run.input_during_run and self._pending(model_id):
                 self._enqueue(model_id)
@@ -232,6 +250,10 @@ class SwapController:
             self._retry_later(run.model_id)
         self.slot_state[slot] = SlotState.DOWN
         self._maybe_preempt()
+
+    def _on_retry(self, model_id: str) -> None:
+        self._backing_off.discard(model_id)
+        self._on_input(model_id)
 
     def _on_stop(self) -> None:
         if self._stopping:
@@ -334,8 +356,17 @@ class SwapController:
             _log.exception("cannot check the input queue of model %s", model_id)
             return True
 
+    def retry_delay(self, model_id: str) -> float:
+        """The delay before the next retry of `model_id` (grows with its consecutive failures)."""
+        failures = self._failures.get(model_id, 0)
+        return min(self._retry_delay * 2 ** max(failures - 1, 0), RETRY_DELAY_MAX_SEC)
+
     def _retry_later(self, model_id: str) -> None:
-        timer = threading.Timer(self._retry_delay, self.notify_input, args=(model_id,))
+        self._failures[model_id] = self._failures.get(model_id, 0) + 1
+        delay = self.retry_delay(model_id)
+        _log.info("retrying model %s in %.1f s", model_id, delay)
+        self._backing_off.add(model_id)
+        timer = threading.Timer(delay, self.events.put, args=(("retry", model_id),))
         timer.daemon = True
         self._timers = [t for t in self._timers if t.is_alive()] + [timer]
         timer.start()

@@ -10,8 +10,8 @@ Consumes the model swapper's results queue (``model-swapper.conf [interface_bus]
   through the likelihood helper (state in ``metric.model_params["anomalyLikelihoodParams"]``) and
   raw_anomaly_score, anomaly_score, display_value and multi_step_best_predictions are written with
   multi-row statements in the same transaction as the new likelihood state. A failed row is
-  reported and left unscored; only a model that cannot be found (status ERR_NO_SUCH_MODEL) puts
-  the metric into ERROR.
+  reported and left unscored; only a model that is missing or unusable (a status in
+  exceptions.PERMANENT_FAILURES) puts the metric into ERROR.
 * After the commit the scored rows are published, zlib-compressed JSON, to the durable fanout
   exchange ``application.conf [metric_streamer] results_exchange_name``; then the batch is acked.
   A batch redelivered after a crash between commit and ack publishes its rows again (at-least-once
@@ -436,7 +436,7 @@ class AnomalyService:
                     result.status,
                     result.errorMessage,
                 )
-                if result.status == exceptions.ERR_NO_SUCH_MODEL:
+                if exceptions.is_permanent_failure(result.status):
                     queries.set_metric_status(
                         conn, model_id, MetricStatus.ERROR, result.errorMessage
                     )

@@ -15,13 +15,16 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
+from htmengine import exceptions
 from htmengine.bus import MessageBus
 from htmengine.exceptions import MessageQueueNotFound, ModelNotFound
-from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
+from htmengine.model_swapper.checkpoint_mgr import FAULT_DIR_ENV, CheckpointManager
+from htmengine.model_swapper.model_runner import TRANSIENT_ATTEMPTS
 from htmengine.model_swapper.model_swapper_interface import (
     ModelCommandResult,
     ModelInferenceResult,
@@ -126,9 +129,16 @@ class Results:
 
 
 @pytest.fixture(scope="module")
-def scheduler_env() -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in SCHEDULER_ENV}
-    os.environ.update(SCHEDULER_ENV)
+def fault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tests arm the slot workers' fault points (checkpoint_mgr.TokenFaults)."""
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def scheduler_env(fault_dir: Path) -> Iterator[None]:
+    env = {**SCHEDULER_ENV, FAULT_DIR_ENV: str(fault_dir)}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     yield
     for key, value in saved.items():
         if value is None:
@@ -226,7 +236,12 @@ def test_a_batch_delivered_twice_is_processed_once(
     grouped = results.wait_rows(model_id, list(range(1, 7)))
     assert [r.rowID for r in results.inference(model_id)] == list(range(1, 7))
     assert_scores(grouped, reference_scores(model_config, rows))
-    assert scheduler_counter(app, "htmengine_scheduler_duplicate_batches_total") >= 1
+    # The counter comes with the run's report, after its checkpoint: later than the results.
+    results.wait(
+        lambda: scheduler_counter(app, "htmengine_scheduler_duplicate_batches_total") >= 1,
+        "the duplicate batch counted",
+        timeout=60,
+    )
 
 
 def scheduler_counter(app: TestApp, name: str) -> float:
@@ -283,6 +298,72 @@ def test_killed_worker_is_replaced_and_no_result_is_lost(
     arrival = [r.rowID for r in results.inference(model_id)]
     assert sorted(set(arrival)) == list(range(1, 61))
     wait_for_workers(scheduler, 2)
+
+
+def test_a_worker_killed_between_store_rename_and_switch_recovers_the_model(
+    app, scheduler, swapper, results, model_config, fault_dir
+) -> None:
+    """The issue's crash window, in a real slot worker: SIGKILLed after renaming store_<n+1>
+    into place, before switching `current`. The model used to fail every later full save with
+    ENOTEMPTY; now its next worker repairs the entry and the model goes on, every score exact."""
+    model_id = uuid.uuid4().hex
+    (fault_dir / f"full.renamed@{model_id}").write_text("kill")
+    swapper.defineModel(model_id, define_args(model_config), "cmd")
+    rows = series(7, 30)
+    submit_rows(swapper, model_id, rows, first_rowid=1, batch_size=2)
+    grouped = results.wait_rows(model_id, list(range(1, 31)))
+    assert_scores(grouped, reference_scores(model_config, rows))
+    fired = (fault_dir / "fired").read_text().splitlines()
+    assert [line.split()[:2] for line in fired if model_id in line] == [
+        [f"full.renamed@{model_id}", "kill"]
+    ]
+    archive = CheckpointManager()
+    entry = archive.entry_dir(model_id)
+    results.wait(
+        lambda: len([n for n in os.listdir(entry) if n.startswith("store_")]) == 1,
+        "one store in the entry",
+        timeout=30,
+    )
+    assert not [n for n in os.listdir(archive.scratch) if n.startswith(model_id)]
+    wait_for_workers(scheduler, 2)
+
+
+def test_a_disk_fault_while_loading_is_retried_not_an_error(
+    scheduler, swapper, results, model_config, fault_dir
+) -> None:
+    """ENOSPC on every attempt of one swap-in (more than the runner retries in place): the run is
+    given back and retried later; no result says anything failed, every row is scored."""
+    model_id = uuid.uuid4().hex
+    swapper.defineModel(model_id, define_args(model_config), "cmd")
+    results.wait(lambda: bool(results.commands(model_id)), "defineModel")
+    (fault_dir / f"load@{model_id}").write_text("enospc 4")
+    rows = series(8, 8)
+    submit_rows(swapper, model_id, rows, first_rowid=1, batch_size=2)
+    grouped = results.wait_rows(model_id, list(range(1, 9)))
+    assert_scores(grouped, reference_scores(model_config, rows))
+    assert [c.status for c in results.commands(model_id)] == [exceptions.SUCCESS]
+    assert not (fault_dir / f"load@{model_id}").exists()  # every armed time fired
+
+
+def test_a_disk_fault_while_saving_gives_the_run_back_in_order(
+    scheduler, swapper, results, model_config, fault_dir
+) -> None:
+    """EIO on every attempt of one checkpoint: the run's batches (already run, their results
+    published) are nacked back into the real queue, in order, and run again from the previous
+    checkpoint: every row has its exact score, repeats are identical, none is missing."""
+    model_id = uuid.uuid4().hex
+    swapper.defineModel(model_id, define_args(model_config), "cmd")
+    results.wait(lambda: bool(results.commands(model_id)), "defineModel")
+    # The adaptive full-save interval decides which save comes first: arm both kinds.
+    for point in ("append.written", "full.built"):
+        (fault_dir / f"{point}@{model_id}").write_text(f"eio {TRANSIENT_ATTEMPTS}")
+    rows = series(9, 12)
+    submit_rows(swapper, model_id, rows, first_rowid=1, batch_size=2)
+    grouped = results.wait_rows(model_id, list(range(1, 13)))
+    assert_scores(grouped, reference_scores(model_config, rows))
+    fired = [line for line in (fault_dir / "fired").read_text().splitlines() if model_id in line]
+    assert len(fired) >= TRANSIENT_ATTEMPTS  # at least one run was given back
+    assert max(len(found) for found in grouped.values()) > 1  # and came again
 
 
 def wait_for_workers(supervisor: Supervisor, count: int, timeout: float = 60.0) -> None:

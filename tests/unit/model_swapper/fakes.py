@@ -19,6 +19,9 @@ class FakeMessage:
     nacked: list = field(default_factory=list)
     redelivered: bool = False
     headers: dict = field(default_factory=dict)
+    seq: int = 0
+    bus: FakeBus | None = field(default=None, repr=False)
+    queue: str = ""
 
     def ack(self, *, multiple: bool = False) -> bool:
         self.acked = True
@@ -26,6 +29,8 @@ class FakeMessage:
 
     def nack(self, requeue: bool = True) -> None:
         self.nacked.append(requeue)
+        if requeue and self.bus is not None:
+            self.bus.requeue(self.queue, self)
 
 
 class FakeBus:
@@ -56,7 +61,7 @@ class FakeBus:
         if queue not in self.queues:
             raise MessageQueueNotFound(queue)
         self.published.append((queue, body, persistent))
-        self.queues[queue].append(FakeMessage(body))
+        self.queues[queue].append(FakeMessage(body, seq=len(self.published), bus=self, queue=queue))
 
     def get(self, queue: str) -> FakeMessage | None:
         if queue not in self.queues:
@@ -67,12 +72,19 @@ class FakeBus:
         self.taken.append((queue, message))
         return message
 
+    def requeue(self, queue: str, message: FakeMessage) -> None:
+        """Put a taken message back at its place in the queue (as RabbitMQ does on a nack)."""
+        self.taken = [(q, m) for q, m in self.taken if m is not message]
+        if queue in self.queues:
+            message.redelivered = True
+            self.queues[queue].append(message)
+            self.queues[queue].sort(key=lambda m: m.seq)
+
     def requeue_unacked(self) -> None:
         """What the broker does when a consumer's connection dies."""
-        for queue, message in reversed(self.taken):
-            if not message.acked and queue in self.queues:
-                message.redelivered = True
-                self.queues[queue].insert(0, message)
+        for queue, message in list(self.taken):
+            if not message.acked:
+                self.requeue(queue, message)
         self.taken.clear()
 
 

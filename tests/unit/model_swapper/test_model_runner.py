@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import datetime
+import errno
+import json
 import os
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from htmengine import exceptions
 from htmengine.config import Config
-from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
-from htmengine.model_swapper.model_runner import ModelRunner, full_save_interval
+from htmengine.model_swapper.checkpoint_mgr import CheckpointManager, set_fault_hook
+from htmengine.model_swapper.model_runner import (
+    TRANSIENT_ATTEMPTS,
+    ModelRunner,
+    full_save_interval,
+)
 from htmengine.model_swapper.model_swapper_interface import (
     ModelCommand,
     ModelCommandResult,
@@ -268,7 +275,7 @@ def test_full_saves_of_models_fed_in_lockstep_are_spread(tmp_path) -> None:
     assert len(thresholds) > 3 and min(thresholds) >= 5 and max(thresholds) <= 15
 
 
-def test_an_unreadable_checkpoint_fails_rows_with_no_such_model_not_the_runner(harness) -> None:
+def test_an_unreadable_checkpoint_fails_rows_as_unusable_not_the_runner(harness) -> None:
     harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
     harness.swapper.submitRequests("m", input_rows(1, 5))  # a full save (full_rows=5)
     harness.runner.serve("m", never)
@@ -278,12 +285,13 @@ def test_an_unreadable_checkpoint_fails_rows_with_no_such_model_not_the_runner(h
     harness.swapper.submitRequests("m", input_rows(6, 2))
     report = harness.runner.serve("m", never)
     failed = harness.inference_results()[-2:]
-    assert [r.status for r in failed] == [exceptions.ERR_NO_SUCH_MODEL] * 2
+    assert [r.status for r in failed] == [exceptions.ERR_MODEL_UNUSABLE] * 2
+    assert exceptions.is_permanent_failure(exceptions.ERR_MODEL_UNUSABLE)
     assert "load model" in failed[0].errorMessage and report.failed_rows == 2
     assert not harness.bus.queues["in.m"] and all(m.acked for _, m in harness.bus.taken)
 
 
-def test_an_unreadable_definition_fails_rows_with_no_such_model(harness) -> None:
+def test_an_unreadable_definition_fails_rows_as_unusable(harness) -> None:
     harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
     harness.runner.serve("m", never)
     with open(f"{harness.checkpoints.entry_dir('m')}/definition.json", "w") as fh:
@@ -291,7 +299,7 @@ def test_an_unreadable_definition_fails_rows_with_no_such_model(harness) -> None
     harness.swapper.submitRequests("m", input_rows(1, 1))
     harness.runner.serve("m", never)
     (result,) = harness.inference_results()
-    assert result.status == exceptions.ERR_NO_SUCH_MODEL
+    assert result.status == exceptions.ERR_MODEL_UNUSABLE
     assert "load checkpoint" in result.errorMessage
 
 
@@ -312,3 +320,165 @@ def test_rows_at_or_below_the_checkpointed_rowid_mark_are_skipped(tmp_path) -> N
     results = harness.inference_results()
     assert [r.rowID for r in results] == [1, 2, 3, 4, 5, 6]
     assert [r.anomalyScore for r in results] == expected_scores([1, 2, 3, 4, 5, 6])
+
+
+# --- transient faults: retried, never reported; permanent ones: reported with their reason -------
+
+
+class Faults:
+    """A fault hook: `point` raises `error()` the next `times` times it is reached."""
+
+    def __init__(self) -> None:
+        self.armed: dict[str, tuple[Callable[[], BaseException], int]] = {}
+        self.fired: list[str] = []
+
+    def arm(self, point: str, error: Callable[[], BaseException], times: int) -> None:
+        self.armed[point] = (error, times)
+
+    def __call__(self, point: str, model_id: str) -> None:
+        error, times = self.armed.get(point, (None, 0))
+        if times:
+            self.armed[point] = (error, times - 1)
+            self.fired.append(point)
+            raise error()
+
+
+@pytest.fixture
+def faults() -> Iterator[Faults]:
+    hook = Faults()
+    previous = set_fault_hook(hook)
+    yield hook
+    set_fault_hook(previous)
+
+
+def enospc() -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def eio() -> OSError:
+    return OSError(errno.EIO, "Input/output error")
+
+
+@pytest.fixture
+def quick(tmp_path) -> Harness:
+    """A harness whose runner does not sleep between in-place retries."""
+    harness = Harness(tmp_path)
+    harness.runner.transient_wait_sec = 0.0
+    return harness
+
+
+def serve_until_drained(harness: Harness) -> list:
+    reports = []
+    while len(reports) < 20:
+        reports.append(harness.runner.serve("m", never))
+        if reports[-1].retry is not None:
+            # Given back: every batch it took is in the queue again, none acked or left taken.
+            assert harness.bus.queues["in.m"]
+            assert not [m for _, m in harness.bus.taken if not m.acked]
+        elif reports[-1].drained:
+            return reports
+    raise AssertionError("never drained")
+
+
+def assert_every_row_scored_as_without_faults(harness: Harness, rowids: list[int]) -> None:
+    results = harness.results()
+    assert not [r for r in results if r.status != exceptions.SUCCESS]
+    scores: dict[int, set[float]] = {}
+    for result in harness.inference_results():
+        scores.setdefault(result.rowID, set()).add(result.anomalyScore)
+    assert scores == {r: {s} for r, s in zip(rowids, expected_scores(rowids), strict=True)}
+    assert not harness.bus.queues["in.m"] and not [m for _, m in harness.bus.taken if not m.acked]
+    assert harness.checkpoints.load("m").last_rowid == rowids[-1]
+    assert os.listdir(harness.checkpoints.scratch) == []
+    # (a define in a run given back after its result was published is run, and answered, again)
+    commands = [r for r in results if isinstance(r, ModelCommandResult)]
+    assert {(c.commandID, c.status) for c in commands} == {("c1", 0)}
+
+
+def faulty_life(harness: Harness, faults: Faults, point: str, error, times: int) -> list:
+    """Define, 4 rows (a journal append), 2 rows (a full save) with `point` failing `times`
+    times from the first time it is reached; the reports of every serve."""
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    reports = [] if point == "define.built" else serve_until_drained(harness)
+    faults.arm(point, error, times)
+    harness.swapper.submitRequests("m", input_rows(1, 4))
+    reports += serve_until_drained(harness)
+    harness.swapper.submitRequests("m", input_rows(5, 2))
+    reports += serve_until_drained(harness)
+    assert faults.fired == [point] * times
+    assert [r.incremental_saves for r in reports if r.rows == 4 and r.retry is None] == [1]
+    assert [r.full_saves for r in reports if r.rows == 2 and r.retry is None] == [1]
+    return reports
+
+
+FAULTS = [
+    ("load", enospc),
+    ("load", eio),
+    ("load", MemoryError),
+    ("model.build", MemoryError),
+    ("model.build", eio),
+    ("define.built", enospc),
+    ("append.written", eio),
+    ("append.written", enospc),
+    ("full.built", enospc),
+    ("full.built", MemoryError),
+    ("full.renamed", eio),
+]
+
+
+@pytest.mark.parametrize(("point", "error"), FAULTS)
+def test_a_fault_that_passes_within_the_retries_is_invisible(quick, faults, point, error) -> None:
+    reports = faulty_life(quick, faults, point, error, TRANSIENT_ATTEMPTS - 1)
+    assert all(r.retry is None for r in reports)
+    assert_every_row_scored_as_without_faults(quick, list(range(1, 7)))
+
+
+@pytest.mark.parametrize(("point", "error"), FAULTS)
+def test_a_lasting_fault_gives_the_run_back_and_loses_nothing(quick, faults, point, error) -> None:
+    reports = faulty_life(quick, faults, point, error, 2 * TRANSIENT_ATTEMPTS)
+    retried = [r.retry for r in reports if r.retry is not None]
+    assert len(retried) == 2 and all("failed on model m" in reason for reason in retried)
+    # The disk recovered: the model was served from its checkpoint as if nothing happened (a
+    # run given back after its results were published publishes them again, the same).
+    assert_every_row_scored_as_without_faults(quick, list(range(1, 7)))
+
+
+def test_memory_running_out_mid_row_gives_the_run_back(quick, monkeypatch) -> None:
+    quick.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    quick.swapper.submitRequests("m", input_rows(1, 3))
+    real_run = ToyModel.run
+    calls = []
+
+    def run(self, timestamp, value):
+        calls.append(value)
+        if len(calls) == 2:
+            raise MemoryError()
+        return real_run(self, timestamp, value)
+
+    monkeypatch.setattr(ToyModel, "run", run)
+    report = quick.runner.serve("m", never)
+    assert report.retry is not None and "MemoryError" in report.retry
+    assert not [r for r in quick.results() if isinstance(r, ModelInferenceResult)]
+    serve_until_drained(quick)
+    monkeypatch.setattr(ToyModel, "run", real_run)
+    assert_every_row_scored_as_without_faults(quick, [1, 2, 3])
+
+
+def test_a_corrupt_checkpoint_is_a_permanent_error_with_its_reason(quick, faults) -> None:
+    quick.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    quick.swapper.submitRequests("m", input_rows(1, 2))
+    quick.runner.serve("m", never)
+    path = os.path.join(quick.checkpoints.load("m").store_dir, "attributes.json")
+    with open(path) as fh:
+        attributes = json.load(fh)
+    attributes["lastRowid"] = 1  # would run row 2 twice: the CRC says no
+    with open(path, "w") as fh:
+        json.dump(attributes, fh)
+    quick.swapper.submitRequests("m", input_rows(3, 1))
+    report = quick.runner.serve("m", never)
+    assert report.retry is None and report.drained
+    (result,) = quick.inference_results()[2:]
+    assert result.status == exceptions.ERR_MODEL_UNUSABLE
+    assert exceptions.is_permanent_failure(result.status)
+    assert "CRC mismatch" in result.errorMessage and "load checkpoint" in result.errorMessage
+    assert not exceptions.is_permanent_failure(exceptions.ERR)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import threading
 
 from htmengine.model_swapper.model_scheduler_service import default_concurrency
-from htmengine.model_swapper.swap_controller import SlotState, SwapController, discover_backlog
+from htmengine.model_swapper.swap_controller import (
+    RETRY_DELAY_MAX_SEC,
+    SlotState,
+    SwapController,
+    discover_backlog,
+)
 
 
 class RecordingSlot:
@@ -116,9 +121,11 @@ def test_dead_worker_frees_nothing_until_ready_and_retries_its_model() -> None:
     controller._on_input("a")
     controller._on_died(0, -9)
     assert controller.slot_state[0] is SlotState.DOWN and not controller.running
+    controller._on_input("a")  # a notification during the retry delay: the broker may not
+    assert not controller.waiting  # have requeued the dead worker's input yet
     event = controller.events.get(timeout=5)  # the retry timer
-    assert event == ("input", "a")
-    controller._on_input("a")
+    assert event == ("retry", "a")
+    controller._on_retry("a")
     assert list(controller.waiting) == ["a"]
     controller._on_ready(0, 200)
     assert list(controller.running_slot) == ["a"]
@@ -170,3 +177,29 @@ def test_default_concurrency_follows_the_original_rule() -> None:
     assert default_concurrency(2, 23 * gib) == 2
     assert default_concurrency(16, 9 * gib) == 4
     assert default_concurrency(8, 64 * gib) == 7
+
+
+def test_a_run_given_back_is_retried_after_a_growing_delay_reset_by_success() -> None:
+    controller = make(concurrency=1)
+    controller._on_input("a")
+    delays = []
+    for _ in range(3):
+        done(controller, "a", drained=False, retry="save checkpoint failed: ENOSPC")
+        assert not controller.running and "a" not in controller.waiting_set
+        delays.append(controller.retry_delay("a"))
+        controller._on_input("a")  # input pings do not cut the delay short
+        controller._on_input("b")  # the slot serves others meanwhile
+        assert list(controller.running_slot) == ["b"]
+        done(controller, "b")
+        assert controller.events.get(timeout=5) == ("retry", "a")
+        controller._on_retry("a")
+        assert list(controller.running_slot) == ["a"]
+    assert delays == [0.01, 0.02, 0.04] and controller.stats.transient_retries == 3
+    done(controller, "a")
+    assert controller.retry_delay("a") == 0.01  # reset
+
+
+def test_retry_delays_are_capped() -> None:
+    controller = make(concurrency=1)
+    controller._failures["a"] = 100
+    assert controller.retry_delay("a") == RETRY_DELAY_MAX_SEC
