@@ -325,6 +325,7 @@ class CheckpointManager:
         self.root = root if root is not None else checkpoint_root()
         self.scratch = os.path.join(self.root, _SCRATCH)
         self.locks = os.path.join(self.root, _LOCKS)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)  # a new archive: its owner's only
         os.makedirs(self.scratch, exist_ok=True)
         os.makedirs(self.locks, exist_ok=True)
 

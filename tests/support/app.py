@@ -193,8 +193,6 @@ def create_test_app(root: Path) -> TestApp:
     _write_overrides(
         conf_dir, "rabbitmq.conf", {"connection": {"port": secrets.get("rabbitmq", "port")}}
     )
-    # As scripts/up.sh makes the standalone one: for this user only.
-    (root / "var" / "checkpoints").mkdir(mode=0o700)
     _write_overrides(
         conf_dir, "model-checkpoint.conf", {"storage": {"root": str(root / "var" / "checkpoints")}}
     )
