@@ -1,5 +1,10 @@
 """Anomaly likelihood for a model's inference results: raw scores in, anomaly scores out.
 
+One helper per scoring profile (``[anomaly_likelihood] profile``, see `likelihood_profiles`):
+``AnomalyLikelihoodHelper`` is profile ``htmengine`` (the original's orchestration, described
+below, bit for bit); ``NumentaLikelihoodHelper`` is profile ``numenta``. ``from_config`` builds
+the configured one; all share ``update_scores``'s contract.
+
 The anomaly service calls `AnomalyLikelihoodHelper.update_scores` once per result batch. The state
 that carries over between batches is the JSON-able dict kept in ``metric.model_params`` under
 ``anomalyLikelihoodParams``::
@@ -31,11 +36,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from htmengine.config import Config
 from htmengine.htm import anomaly
 from htmengine.htm.params import DEFAULT_VERSION
+from htmengine.runtime.likelihood_profiles import PROFILES, profile_from_config
 
 # Rows of the model's first day (5-minute samples) left out of estimates: it is still learning.
 SKIP_RECORDS = 288
@@ -64,6 +70,18 @@ class ScoredRow:
 HistoryLoader = Callable[[int], Sequence[ScoredRow]]
 
 
+class LikelihoodHelper(Protocol):
+    """What the anomaly service calls once per result batch (every profile's helper)."""
+
+    def update_scores(
+        self,
+        rows: Sequence[ScoredRow],
+        state: dict[str, Any] | None,
+        load_history: HistoryLoader,
+        version: str = DEFAULT_VERSION,
+    ) -> dict[str, Any] | None: ...
+
+
 class AnomalyLikelihoodHelper:
     """Turns raw anomaly scores into likelihood-based anomaly scores, batch after batch."""
 
@@ -85,9 +103,22 @@ class AnomalyLikelihoodHelper:
         self.refresh_rate = refresh_rate
         self.sample_size = sample_size
 
+    @staticmethod
+    def for_profile(profile: str) -> LikelihoodHelper:
+        """The helper of a profile, with the default settings of conf/application.conf."""
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
+        if profile == NumentaLikelihoodHelper.profile:
+            return NumentaLikelihoodHelper()
+        return AnomalyLikelihoodHelper()
+
     @classmethod
-    def from_config(cls, config: Config) -> AnomalyLikelihoodHelper:
-        """Settings of application.conf [anomaly_likelihood]."""
+    def from_config(cls, config: Config) -> LikelihoodHelper:
+        """The helper of application.conf ``[anomaly_likelihood] profile`` and its settings (the
+        ``statistics_*`` keys are the ``htmengine`` profile's)."""
+        profile = profile_from_config(config).name
+        if profile != "htmengine":
+            return cls.for_profile(profile)
         return cls(
             min_sample_size=config.getint("anomaly_likelihood", "statistics_min_sample_size"),
             refresh_rate=config.getint("anomaly_likelihood", "statistics_refresh_rate"),
@@ -224,3 +255,124 @@ def rescale_for_display(anomaly_score: float) -> int:
     else:
         base = 1000
     return int(math.floor(base + scaled + 0.5))
+
+
+# --- profile "numenta": NAB's numenta detector, live -----------------------------------------------
+
+# The likelihood of NAB's numenta detector (NuPIC's AnomalyLikelihood class), with its default
+# windows instead of NAB's per-file ones (those come from the file's length: look-ahead).
+NUMENTA_LEARNING_PERIOD = 288
+NUMENTA_ESTIMATION_SAMPLES = 100
+NUMENTA_REESTIMATION_PERIOD = 100
+NUMENTA_HISTORIC_WINDOW = 8640
+# NAB's spatial rule: a value beyond the running min/max by more than this share of their range ...
+SPATIAL_TOLERANCE = 0.05
+# ... scores 1.0 from this row on (the first rows score 0, as in profile htmengine).
+SPATIAL_AFTER = 100
+# An anomaly probability at NuPIC's "red" level (likelihood <= 1e-5) is an alarm ...
+ALARM_PROBABILITY = 1.0 - anomaly.RED_THRESHOLD
+# ... and an alarm within this many rows of an earlier one (the 10-row average of raw scores still
+# holds the earlier row: the same evidence restated) is reported at NuPIC's "yellow" level.
+DEBOUNCE_ROWS = anomaly.AVERAGING_WINDOW - 1
+REPEAT_PROBABILITY = 1.0 - anomaly.YELLOW_THRESHOLD
+
+
+class NumentaLikelihoodHelper:
+    """Profile ``numenta``: the scoring of NAB's numenta detector (70.1 with look-ahead), live.
+
+    Per row, in rowid order, with `k` the number of rows scored before it:
+
+    * ``k < 388`` (learning 288 + estimation 100): anomaly_score 0.
+    * Otherwise the anomaly probability of NuPIC's ``AnomalyLikelihood``: re-fit on the newest
+      8640 scored rows before this one when there is no fit yet or ``k`` is a multiple of 100
+      (the first 288 rows of the metric skipped while they are in the window), then one update.
+    * NAB's spatial rule (a value more than 5 % of the range beyond the min/max of the rows
+      before it) scores 1.0 from ``k = 100`` on, while the likelihood still learns (NAB applies
+      it from the start; the first 100 rows score 0 as in profile htmengine).
+    * The debounce of ``DebouncedNumentaDetector``: an alarm (probability >= 0.99999) within 9
+      rows of an earlier alarm scores 0.999.
+
+    State (JSON, in ``metric.model_params``): the row count, the likelihood params, the running
+    min/max and the last alarm's row count. Every decision depends on the row count alone, so
+    any batching or replay gives the same scores.
+    """
+
+    profile = "numenta"
+
+    def __init__(
+        self,
+        *,
+        learning_period: int = NUMENTA_LEARNING_PERIOD,
+        estimation_samples: int = NUMENTA_ESTIMATION_SAMPLES,
+        reestimation_period: int = NUMENTA_REESTIMATION_PERIOD,
+        sample_size: int = NUMENTA_HISTORIC_WINDOW,
+        spatial_after: int | None = None,
+        debounce_rows: int = DEBOUNCE_ROWS,
+    ) -> None:
+        self.learning_period = learning_period
+        self.min_sample_size = learning_period + estimation_samples
+        self.reestimation_period = reestimation_period
+        self.sample_size = sample_size
+        self.spatial_after = SPATIAL_AFTER if spatial_after is None else spatial_after
+        self.debounce_rows = debounce_rows
+        # The first rows of a metric, which always score 0.
+        self.learning_rows = min(self.spatial_after, self.min_sample_size)
+
+    def update_scores(
+        self,
+        rows: Sequence[ScoredRow],
+        state: dict[str, Any] | None,
+        load_history: HistoryLoader,
+        version: str = DEFAULT_VERSION,
+    ) -> dict[str, Any] | None:
+        """Set ``anomaly_score`` on `rows` (the next rows after `state`); returns the new state.
+
+        `state` is not modified; `load_history` is called at most once per batch, when a re-fit
+        is due.
+        """
+        if not rows:
+            return state
+        if state is None:
+            state = {"rows": 0, "params": None, "min": None, "max": None, "lastAlarm": None}
+        else:
+            state = copy.deepcopy(state)
+        window = _SampleWindow(load_history, self.sample_size)
+        count = state["rows"]
+        for row in rows:
+            low, high = state["min"], state["max"]
+            spatial = (
+                low is not None
+                and high > low
+                and (
+                    row.value > high + (high - low) * SPATIAL_TOLERANCE
+                    or row.value < low - (high - low) * SPATIAL_TOLERANCE
+                )
+            )
+            if low is None or row.value < low:
+                state["min"] = row.value
+            if high is None or row.value > high:
+                state["max"] = row.value
+            score = 0.0
+            if count >= self.min_sample_size:
+                if state["params"] is None or count % self.reestimation_period == 0:
+                    shifted_out = max(0, count - self.sample_size)
+                    skip = min(count, max(0, self.learning_period - shifted_out))
+                    _, _, state["params"] = anomaly.estimate_anomaly_likelihoods(
+                        window.records(), skip_records=skip, version=version
+                    )
+                (likelihood,), _, state["params"] = anomaly.update_anomaly_likelihoods(
+                    [row.record()], state["params"], version=version
+                )
+                score = 1.0 - float(likelihood)
+            if spatial and count >= self.spatial_after:
+                score = 1.0
+            if score >= ALARM_PROBABILITY:
+                last = state["lastAlarm"]
+                if last is not None and count - last <= self.debounce_rows:
+                    score = min(score, REPEAT_PROBABILITY)
+                state["lastAlarm"] = count
+            row.anomaly_score = score
+            window.append(row)
+            count += 1
+        state["rows"] = count
+        return state

@@ -105,6 +105,14 @@ def padded_range(low: float, high: float) -> tuple[float, float]:
     return low - padding, high + padding
 
 
+def model_range(values: Sequence[float]) -> tuple[float, float]:
+    """The encoder's min/max from the values a metric's range is computed from (`padded_range`
+    of their min and max). Pure: the caller chooses the rows (see `range_rows`)."""
+    if not values:
+        raise ValueError("a model's range needs at least one value")
+    return padded_range(min(values), max(values))
+
+
 def read_rows(
     conn: Connection, uid: str, start_rowid: int | None = None, stop_rowid: int | None = None
 ) -> list[ModelInputRow]:

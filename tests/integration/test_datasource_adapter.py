@@ -209,6 +209,57 @@ def test_pending_data_then_activation_with_range_from_the_data(adapter, bus, inp
     assert adapter.activateModel(uid) is False  # already being created
 
 
+@pytest.fixture
+def numenta_profile(app) -> Iterator[None]:
+    """[anomaly_likelihood] profile = numenta for the test (the adapter reads it when built)."""
+    app.override("application.conf", {"anomaly_likelihood": {"profile": "numenta"}})
+    yield
+    app.override("application.conf", {"anomaly_likelihood": {"profile": "htmengine"}})
+
+
+def _encoder_resolution(uid: str) -> float:
+    model_params = json.loads(metric_row(uid).model_params)
+    return model_params["modelConfig"]["modelParams"]["sensorParams"]["encoders"]["c1"][
+        "resolution"
+    ]
+
+
+def _first_day_resolution(values: list[float]) -> float:
+    low, high = min(values[:288]), max(values[:288])
+    pad = (high - low) * 0.2
+    return ((high + pad) - (low - pad)) / 130
+
+
+@pytest.mark.parametrize("stored", [288, 700])
+def test_profile_range_is_the_first_288_rows_however_many_are_stored(
+    clean_db, numenta_profile, input_queue, stored
+):
+    """Outside profile htmengine the activation's range does not depend on when it runs."""
+    adapter = createDatasourceAdapter("custom")
+    uid = adapter.createMetric("reproducible")
+    input_queue(uid)
+    assert adapter.monitorMetric(monitor_spec("reproducible")) == uid
+    rows = series(700, seed=7)
+    rows[500] = (rows[500][0], 500.0)  # far outside the first day: must not widen the range
+    insert_rows(uid, rows[:stored])
+    assert adapter.activateModel(uid) is True
+    assert _encoder_resolution(uid) == _first_day_resolution([v for _, v in rows])
+
+
+def test_profile_range_of_a_long_history_is_its_first_288_rows(
+    clean_db, numenta_profile, input_queue
+):
+    adapter = createDatasourceAdapter("custom")
+    uid = adapter.createMetric("backfilled")
+    input_queue(uid)
+    rows = series(1000, seed=8)
+    rows[900] = (rows[900][0], -300.0)
+    insert_rows(uid, rows)
+    adapter.monitorMetric(monitor_spec("backfilled"))
+    assert metric_row(uid).status == MetricStatus.CREATE_PENDING
+    assert _encoder_resolution(uid) == _first_day_resolution([v for _, v in rows])
+
+
 def test_monitor_without_range_but_enough_rows_starts_at_once(adapter, input_queue):
     uid = adapter.createMetric("net")
     input_queue(uid)

@@ -29,10 +29,12 @@ from htmengine.exceptions import (
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
 from htmengine.repository import MetricStatus, get_engine, queries
 from htmengine.repository.schema import metric, metric_data
+from htmengine.runtime.likelihood_profiles import profile_from_config
 from htmengine.runtime.scalar_metric_utils import (
     MODEL_CREATION_RECORD_THRESHOLD,
     MODEL_START_KEY,
     generate_swarm_params,
+    model_range,
     padded_range,
     publish_model_start,
     read_rows,
@@ -56,7 +58,10 @@ class CustomDatasourceAdapter:
 
     def __init__(self, engine: sa.Engine | None = None) -> None:
         self.engine = engine if engine is not None else get_engine()
-        self.chunk_size = get_app_config().getint("metric_streamer", "chunk_size")
+        config = get_app_config()
+        self.chunk_size = config.getint("metric_streamer", "chunk_size")
+        # Rows a model's range comes from ([anomaly_likelihood] profile); None: all stored rows.
+        self.range_rows = profile_from_config(config).range_rows
 
     # -- metrics ---------------------------------------------------------------------------------
 
@@ -149,8 +154,16 @@ class CustomDatasourceAdapter:
             low, high, params.get("minResolution"), params.get("enableClassifier", False)
         )
 
-    @staticmethod
-    def _stats(conn: sa.Connection, uid: str) -> tuple[float, float]:
+    def _stats(self, conn: sa.Connection, uid: str) -> tuple[float, float]:
+        """The encoder's range from the metric's data: its first `range_rows` rows, or (profile
+        htmengine) every row stored now."""
+        if self.range_rows is not None:
+            rows = queries.get_metric_data(
+                conn, uid, (metric_data.c.metric_value,), limit=self.range_rows
+            )
+            if not rows:
+                raise ValueError(f"metric {uid} has no data to derive min/max from")
+            return model_range([row.metric_value for row in rows])
         stats = queries.get_metric_stats(conn, uid)
         if stats["min"] is None:
             raise ValueError(f"metric {uid} has no data to derive min/max from")
