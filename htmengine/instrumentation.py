@@ -148,6 +148,12 @@ class SchedulerMetrics:
             "Request batches skipped because their checkpoint already holds them (redeliveries)",
             registry=r,
         )
+        self.transient_retries = Counter(
+            "htmengine_scheduler_transient_retries",
+            "Model runs given back after a disk, I/O or memory fault outlasted the in-place "
+            "retries (their input requeued, the model retried later)",
+            registry=r,
+        )
 
 
 class AnomalyServiceMetrics:

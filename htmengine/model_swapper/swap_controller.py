@@ -346,6 +346,8 @@ class SwapController:
         metrics.checkpoint_bytes.labels("full").inc(report.get("full_save_bytes", 0))
         metrics.checkpoint_bytes.labels("incremental").inc(report.get("incremental_save_bytes", 0))
         metrics.duplicate_batches.inc(report.get("duplicate_batches", 0))
+        if report.get("retry"):
+            metrics.transient_retries.inc()
 
     def _pending(self, model_id: str) -> bool:
         if self._input_pending is None:

@@ -329,7 +329,7 @@ def test_a_worker_killed_between_store_rename_and_switch_recovers_the_model(
 
 
 def test_a_disk_fault_while_loading_is_retried_not_an_error(
-    scheduler, swapper, results, model_config, fault_dir
+    app, scheduler, swapper, results, model_config, fault_dir
 ) -> None:
     """ENOSPC on every attempt of one swap-in (more than the runner retries in place): the run is
     given back and retried later; no result says anything failed, every row is scored."""
@@ -343,6 +343,7 @@ def test_a_disk_fault_while_loading_is_retried_not_an_error(
     assert_scores(grouped, reference_scores(model_config, rows))
     assert [c.status for c in results.commands(model_id)] == [exceptions.SUCCESS]
     assert not (fault_dir / f"load@{model_id}").exists()  # every armed time fired
+    assert scheduler_counter(app, "htmengine_scheduler_transient_retries_total") >= 1
 
 
 def test_a_disk_fault_while_saving_gives_the_run_back_in_order(

@@ -203,3 +203,19 @@ def test_retry_delays_are_capped() -> None:
     controller = make(concurrency=1)
     controller._failures["a"] = 100
     assert controller.retry_delay("a") == RETRY_DELAY_MAX_SEC
+
+
+def test_runs_given_back_are_counted_in_the_metrics() -> None:
+    from htmengine.instrumentation import SchedulerMetrics
+
+    metrics = SchedulerMetrics()
+    controller = SwapController(
+        1, slot_factory=RecordingSlot, input_pending=lambda _m: False, metrics=metrics
+    )
+    controller._on_ready(0, 100)
+    controller._on_input("a")
+    done(controller, "a", drained=False, retry="load checkpoint failed: EIO")
+    done_value = metrics.registry.get_sample_value("htmengine_scheduler_transient_retries_total")
+    assert done_value == 1.0
+    for timer in controller._timers:
+        timer.cancel()
