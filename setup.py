@@ -30,6 +30,7 @@ setup(
     package_data={
         "htmengine.repository": ["migrations/*.py", "migrations/*.ini", "migrations/versions/*.py"],
         "htmengine.adapters.datasource": ["*.json", "custom/*.json"],
+        "htmengine.webapp": ["static/*.*", "static/vendor/*"],
     },
     include_package_data=True,
     install_requires=_requirements(),

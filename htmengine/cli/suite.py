@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
+import urllib.request
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -117,6 +118,7 @@ class SuiteStatus:
     metrics_by_status: dict[str, int] = field(default_factory=dict)
     rows_waiting_for_scores: int | None = None
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    webapp: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -215,6 +217,29 @@ def _collect_figures(status: SuiteStatus) -> None:
                 entry["values"][label] = samples.get(name)
 
 
+def _collect_webapp(status: SuiteStatus) -> None:
+    """The webapp's URL and whether it answers; a disabled webapp (EXITED) is no problem."""
+    from htmengine.config import get_app_config
+    from htmengine.webapp.settings import SECTION, api_key_path, enabled
+
+    config = get_app_config()
+    if not enabled(config):
+        status.webapp = {"enabled": False}
+        status.problems = [p for p in status.problems if p != "webapp is EXITED"]
+        return
+    host = config.get(SECTION, "host")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{config.getint(SECTION, 'port')}/"
+    key_source = (
+        "[webapp] api_key" if config.get(SECTION, "api_key").strip() else api_key_path(config)
+    )
+    status.webapp = {"enabled": True, "url": url, "api_key_in": key_source, "health": None}
+    try:
+        with urllib.request.urlopen(url + "_health", timeout=CONNECT_TIMEOUT_SEC) as response:
+            status.webapp["health"] = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        status.problems.append(f"webapp not answering at {url} ({exc})")
+
+
 def collect_status(supervisor_url: str) -> SuiteStatus:
     """Ask supervisord, RabbitMQ, MySQL and each service's /metrics how the suite is doing."""
     status = SuiteStatus(supervisor_url=without_credentials(supervisor_url))
@@ -230,6 +255,7 @@ def collect_status(supervisor_url: str) -> SuiteStatus:
     except Exception as exc:
         status.problems.append(f"RabbitMQ: {describe_error(exc) or repr(exc)}")
     _collect_figures(status)
+    _collect_webapp(status)
     return status
 
 
@@ -260,6 +286,18 @@ def _print_status(status: SuiteStatus) -> None:
             continue
         figures = ", ".join(f"{label} {_figure(value)}" for label, value in entry["values"].items())
         echo(f"  {service:<20} {figures}")
+    web = status.webapp
+    if not web.get("enabled"):
+        echo("webapp: disabled (no [webapp] section, or enabled = false, in application.conf)")
+    else:
+        health = web["health"] or {}
+        state = (
+            "not answering"
+            if not health
+            else f"following results {'yes' if health.get('results_followed') else 'no'}, "
+            f"{health.get('live_clients', 0)} live clients"
+        )
+        echo(f"webapp: {web['url']} ({state}; API key: {web['api_key_in']})")
 
 
 def _figure(value: float | None) -> str:

@@ -640,3 +640,68 @@ def count_metrics_by_status(conn: Connection) -> dict[int, int]:
     """{status: number of metrics} over all metrics."""
     query = sa.select(metric.c.status, sa.func.count()).group_by(metric.c.status)
     return {status: count for status, count in conn.execute(query)}
+
+
+# --- webapp (HTTP API and dashboard) ---
+
+
+def get_metric_list(
+    conn: Connection,
+    *,
+    uid: str | None = None,
+    monitored_only: bool = False,
+    custom_only: bool = True,
+) -> list[Row]:
+    """Metrics with their newest row: every metric column except model_params, and
+    last_timestamp, last_value, last_anomaly_score, last_display_value of the row at last_rowid
+    (None when it has no rows or that row is not scored yet); ordered by name.
+
+    One primary-key lookup per metric, so listing 10,000 metrics stays cheap.
+    """
+    newest = metric_data.alias("newest")
+    query = (
+        sa.select(
+            *(
+                column
+                for column in metric.c
+                if column.name not in ("model_params", "last_timestamp")
+            ),
+            newest.c.timestamp.label("last_timestamp"),
+            newest.c.metric_value.label("last_value"),
+            newest.c.anomaly_score.label("last_anomaly_score"),
+            newest.c.display_value.label("last_display_value"),
+        )
+        .select_from(
+            metric.outerjoin(
+                newest,
+                sa.and_(newest.c.uid == metric.c.uid, newest.c.rowid == metric.c.last_rowid),
+            )
+        )
+        .order_by(metric.c.name, metric.c.uid)
+    )
+    if uid is not None:
+        query = query.where(metric.c.uid == uid)
+    if monitored_only:
+        query = query.where(metric.c.status != int(MetricStatus.UNMONITORED))
+    if custom_only:
+        query = query.where(metric.c.datasource == CUSTOM_DATASOURCE)
+    return list(conn.execute(query))
+
+
+def get_recent_metric_data(
+    conn: Connection, after_rowids: Mapping[str, int], fields: Iterable[Field] | None = None
+) -> list[Row]:
+    """Rows of several metrics whose rowid is above each metric's given rowid, ordered by uid
+    and rowid (the dashboard's small charts: one range of the primary key per metric)."""
+    if not after_rowids:
+        return []
+    ranges = [
+        sa.and_(metric_data.c.uid == uid, metric_data.c.rowid > int(after))
+        for uid, after in sorted(after_rowids.items())
+    ]
+    query = (
+        sa.select(*_columns(metric_data, fields))
+        .where(sa.or_(*ranges))
+        .order_by(metric_data.c.uid, metric_data.c.rowid)
+    )
+    return list(conn.execute(query))

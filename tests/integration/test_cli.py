@@ -103,7 +103,7 @@ def scrape(port: int) -> dict[str, float]:
     }
 
 
-SERVICES = ["anomaly_service", "metric_listener", "metric_storer", "model_scheduler"]
+SERVICES = ["anomaly_service", "metric_listener", "metric_storer", "model_scheduler", "webapp"]
 
 
 @pytest.fixture(scope="module")

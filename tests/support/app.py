@@ -86,6 +86,7 @@ class TestApp:
     root: Path
     name: str
     ports: dict[str, int] = field(default_factory=dict)
+    api_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def conf_dir(self) -> Path:
@@ -161,6 +162,7 @@ def create_test_app(root: Path) -> TestApp:
         "storer_metrics": free_port(),
         "scheduler_metrics": free_port(),
         "anomaly_metrics": free_port(),
+        "webapp": free_port(),
     }
     _write_overrides(
         conf_dir,
@@ -176,6 +178,7 @@ def create_test_app(root: Path) -> TestApp:
             },
             "metric_storer": {"metrics_port": app.ports["storer_metrics"]},
             "anomaly_service": {"metrics_port": app.ports["anomaly_metrics"]},
+            "webapp": {"port": app.ports["webapp"], "api_key": app.api_key},
         },
     )
     _write_overrides(

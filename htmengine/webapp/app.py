@@ -1,0 +1,86 @@
+"""The ASGI application: the JSON API, the dashboard pages and their static files, /metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from htmengine.webapp import api
+from htmengine.webapp.context import WebappContext
+from htmengine.webapp.errors import install_error_handlers
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+API_DESCRIPTION = """\
+HTTP API of htmengine, on HTM-IT's custom-metric paths where it had one.
+
+Authentication: the API key is the HTTP basic-auth user name (`curl -u KEY: ...`); it is
+`[webapp] api_key` of application.conf, or the file `api_key_file` names when that is empty.
+Errors are `{"result": "<message>", "status": <code>}`.
+"""
+
+
+def _page(name: str) -> FileResponse:
+    # The pages are static; their scripts fetch everything from the API.
+    return FileResponse(
+        STATIC_DIR / name, media_type="text/html", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def build_dashboard_router(ctx: WebappContext) -> APIRouter:
+    router = APIRouter(dependencies=[ctx.auth_dependency], include_in_schema=False)
+
+    @router.get("/")
+    async def list_page() -> FileResponse:
+        return _page("index.html")
+
+    @router.get("/metric/{uid}")
+    async def metric_page(uid: str) -> FileResponse:
+        return _page("metric.html")
+
+    return router
+
+
+def create_app(ctx: WebappContext) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await ctx.start()
+        try:
+            yield
+        finally:
+            await ctx.stop()
+
+    # No /docs: Swagger UI would load from a CDN, and the dashboard works offline.
+    app = FastAPI(
+        title="htmengine",
+        description=API_DESCRIPTION,
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    install_error_handlers(app)
+    app.include_router(api.build_router(ctx))
+    app.include_router(build_dashboard_router(ctx))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(ctx.prometheus_text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/_health", tags=["service"], summary="Is the webapp following live results")
+    async def health() -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "results_followed": ctx.follower.connected.is_set(),
+                "live_clients": ctx.hub.subscriber_count,
+            }
+        )
+
+    return app
