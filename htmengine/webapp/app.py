@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from htmengine.repository import queries
 from htmengine.webapp import api
 from htmengine.webapp.context import WebappContext
-from htmengine.webapp.errors import install_error_handlers
+from htmengine.webapp.errors import ApiError, install_error_handlers
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Metrics per sparkline request (a screenful of the list page is ~30).
+MAX_SPARKLINES = 200
 
 API_DESCRIPTION = """\
 HTTP API of htmengine, on HTM-IT's custom-metric paths where it had one.
@@ -41,6 +45,37 @@ def build_dashboard_router(ctx: WebappContext) -> APIRouter:
     @router.get("/metric/{uid}")
     async def metric_page(uid: str) -> FileResponse:
         return _page("metric.html")
+
+    @router.get("/_dashboard/sparklines")
+    async def sparklines(
+        m: Annotated[list[str] | None, Query(description="uid:last_rowid of each metric")] = None,
+        points: Annotated[int, Query(ge=2, le=1000)] = 96,
+    ) -> JSONResponse:
+        """The newest `points` values and scores of a few metrics (the list page's small charts)."""
+        m = m or []
+        if len(m) > MAX_SPARKLINES:
+            raise ApiError(400, f"at most {MAX_SPARKLINES} metrics per request")
+        after: dict[str, int] = {}
+        for item in m:
+            uid, _, last = item.partition(":")
+            if not uid or not last.isdigit():
+                raise ApiError(400, f"m must be uid:last_rowid, got {item!r}")
+            after[uid] = max(0, int(last) - points)
+
+        def load() -> dict[str, dict]:
+            with ctx.engine.connect() as conn:
+                rows = queries.get_recent_metric_data(
+                    conn, after, ("uid", "rowid", "metric_value", "anomaly_score")
+                )
+            result: dict[str, dict] = {}
+            for row in rows:
+                spark = result.setdefault(row.uid, {"values": [], "scores": [], "lastRowid": 0})
+                spark["values"].append(row.metric_value)
+                spark["scores"].append(row.anomaly_score)
+                spark["lastRowid"] = row.rowid
+            return result
+
+        return JSONResponse(await api.blocking(load))
 
     return router
 
