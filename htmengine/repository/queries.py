@@ -651,21 +651,22 @@ def get_metric_list(
     uid: str | None = None,
     monitored_only: bool = False,
     custom_only: bool = True,
+    fields: Iterable[str] | None = None,
 ) -> list[Row]:
-    """Metrics with their newest row: every metric column except model_params, and
-    last_timestamp, last_value, last_anomaly_score, last_display_value of the row at last_rowid
-    (None when it has no rows or that row is not scored yet); ordered by name.
+    """Metrics with their newest row: the metric columns `fields` (default: all except
+    model_params), and last_timestamp, last_value, last_anomaly_score, last_display_value of the
+    row at last_rowid (None when it has no rows or that row is not scored yet); ordered by name.
 
     One primary-key lookup per metric, so listing 10,000 metrics stays cheap.
     """
     newest = metric_data.alias("newest")
+    if fields is None:
+        columns = [c for c in metric.c if c.name not in ("model_params", "last_timestamp")]
+    else:
+        columns = [metric.c[name] for name in fields]
     query = (
         sa.select(
-            *(
-                column
-                for column in metric.c
-                if column.name not in ("model_params", "last_timestamp")
-            ),
+            *columns,
             newest.c.timestamp.label("last_timestamp"),
             newest.c.metric_value.label("last_value"),
             newest.c.anomaly_score.label("last_anomaly_score"),

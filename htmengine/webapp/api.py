@@ -326,9 +326,8 @@ def build_router(ctx: WebappContext) -> APIRouter:
 
         def load() -> list[Any]:
             with ctx.engine.connect() as conn:
-                queries.get_metric(conn, uid, ["uid"])
                 column = metric_data.c.rowid
-                return queries.get_metric_data(
+                rows = queries.get_metric_data(
                     conn,
                     uid,
                     _DATA_FIELDS,
@@ -340,6 +339,9 @@ def build_router(ctx: WebappContext) -> APIRouter:
                     limit=limit,
                     sort=column.asc() if ascending else column.desc(),
                 )
+                if not rows:
+                    queries.get_metric(conn, uid, ["uid"])  # MetricNotFound: 404
+                return rows
 
         rows = await blocking(load)
         data = [[format_timestamp(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows]

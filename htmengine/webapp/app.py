@@ -14,8 +14,21 @@ from htmengine.repository import queries
 from htmengine.webapp import api
 from htmengine.webapp.context import WebappContext
 from htmengine.webapp.errors import ApiError, install_error_handlers
+from htmengine.webapp.live import format_timestamp
+from htmengine.webapp.ranking import sort_by_anomaly
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# What the list page gets of each metric, in this order.
+LIST_COLUMNS = (
+    "uid",
+    "name",
+    "status",
+    "last_rowid",
+    "last_timestamp",
+    "last_value",
+    "last_anomaly_score",
+    "anomaly_rank",
+)
 # Metrics per sparkline request (a screenful of the list page is ~30).
 MAX_SPARKLINES = 200
 
@@ -45,6 +58,39 @@ def build_dashboard_router(ctx: WebappContext) -> APIRouter:
     @router.get("/metric/{uid}")
     async def metric_page(uid: str) -> FileResponse:
         return _page("metric.html")
+
+    @router.get("/_dashboard/metrics")
+    async def dashboard_metrics(period: Annotated[int, Query(ge=1, le=api.MAX_PERIOD_HOURS)] = 24):
+        """The list page's rows, most anomalous first, as compact arrays (LIST_COLUMNS)."""
+
+        def load() -> dict:
+            values = ctx.ranking.values(period)
+            with ctx.engine.connect() as conn:
+                rows = queries.get_metric_list(
+                    conn, fields=("uid", "name", "server", "status", "last_rowid")
+                )
+            metrics = [
+                {
+                    "uid": r.uid,
+                    "name": r.name,
+                    "server": r.server,
+                    "status": r.status,
+                    "last_rowid": r.last_rowid,
+                    "last_timestamp": None
+                    if r.last_timestamp is None
+                    else format_timestamp(r.last_timestamp),
+                    "last_value": r.last_value,
+                    "last_anomaly_score": r.last_anomaly_score,
+                }
+                for r in rows
+            ]
+            ordered = sort_by_anomaly(metrics, values)
+            return {
+                "columns": list(LIST_COLUMNS),
+                "rows": [[m[c] for c in LIST_COLUMNS] for m in ordered],
+            }
+
+        return JSONResponse(await api.blocking(load))
 
     @router.get("/_dashboard/sparklines")
     async def sparklines(

@@ -21,7 +21,13 @@ const rowsBox = document.getElementById("rows");
 const spacer = document.getElementById("spacer");
 
 async function loadList() {
-  const metrics = await api(`/_anomalies/period/${state.period}`);
+  const page = await api(`/_dashboard/metrics?period=${state.period}`);
+  const columns = page.columns;
+  const metrics = page.rows.map((row) => {
+    const metric = {};
+    columns.forEach((name, i) => { metric[name] = row[i]; });
+    return metric;
+  });
   state.metrics = metrics;
   state.byUid = new Map(metrics.map((m) => [m.uid, m]));
   applyFilter();
