@@ -121,3 +121,34 @@ def test_inference_payload_shape_matches_the_exchange() -> None:
     body = serialize_model_result(INFERENCE)
     assert zlib.decompress(body)
     assert rows_of_result(deserialize_model_result(body))[0][3] == 7
+
+
+def _request(method: str, headers: dict[str, str]):
+    from starlette.requests import Request
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return Request({"type": "http", "method": method, "path": "/", "headers": raw})
+
+
+def test_check_request_needs_the_key_for_writes_even_with_open_reads() -> None:
+    from htmengine.webapp.auth import check_request
+    from htmengine.webapp.errors import ApiError
+
+    key = "Basic " + base64.b64encode(b"K:").decode()
+    check_request(_request("GET", {}), "K", open_reads=True)
+    with pytest.raises(ApiError) as refused:
+        check_request(_request("GET", {}), "K", open_reads=False)
+    assert refused.value.status == 401
+    with pytest.raises(ApiError) as refused:
+        check_request(_request("POST", {}), "K", open_reads=True)
+    assert refused.value.status == 401
+    check_request(
+        _request("POST", {"authorization": key, "host": "h:1", "origin": "http://h:1"}), "K", True
+    )
+    with pytest.raises(ApiError) as refused:
+        check_request(
+            _request("DELETE", {"authorization": key, "host": "h:1", "origin": "http://x"}),
+            "K",
+            True,
+        )
+    assert refused.value.status == 403
