@@ -432,6 +432,14 @@ def test_send_to_a_closed_port_says_the_suite_is_not_running(app: TestApp, tmp_p
     assert_one_line_error(result, "cannot connect to the metric listener", "htmengine up")
 
 
+def _answers(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/_health", timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_status_shows_services_queues_metrics_and_figures(
     clean_db: TestApp, suite: Supervisor, tmp_path: Path
 ) -> None:
@@ -439,6 +447,8 @@ def test_status_shows_services_queues_metrics_and_figures(
     run("send", str(write_nab_csv(tmp_path / "s.csv", 10)), "-m", "status_probe")
     # Stored rows: the storer is past its start-up, so its /metrics answers.
     wait_for(lambda: row_count("status_probe") == 10, what="stored rows")
+    # RUNNING only means alive for startsecs: wait until the webapp serves too.
+    wait_for(lambda: _answers(clean_db.ports["webapp"]), what="the webapp to answer")
 
     result = run("status", "--format", "json")
     assert result.exit_code == 0, result.output + result.stderr
