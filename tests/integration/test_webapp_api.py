@@ -5,10 +5,15 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from htmengine.repository import MetricStatus, get_engine, queries
-from tests.support.app import Supervisor, TestApp
+from tests.support.app import REPO, Supervisor, TestApp
 from tests.support.engine import insert_rows, scored_count, series, wait_for
 
 # Every API endpoint with a harmless example of its path and body.
@@ -504,3 +509,44 @@ def test_cli_status_shows_the_webapp(app: TestApp, suite: Supervisor) -> None:
         f"webapp: http://127.0.0.1:{app.ports['webapp']}/ (following results yes" in result.stdout
     )
     assert "webapp" in result.stdout and "RUNNING" in result.stdout
+
+
+def _run_webapp(conf_dir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, APPLICATION_CONFIG_PATH=str(conf_dir))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "htmengine.webapp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _conf_copy(tmp_path: Path, webapp_section: str | None) -> Path:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    for path in (REPO / "conf").glob("*.conf"):
+        shutil.copy(path, conf / path.name)
+    text = (conf / "application.conf").read_text()
+    text = text[: text.index("[webapp]")]
+    if webapp_section is not None:
+        text += webapp_section
+    (conf / "application.conf").write_text(text)
+    return conf
+
+
+def test_an_app_without_a_webapp_section_leaves_the_webapp_off(tmp_path: Path) -> None:
+    """The program exits 0 (supervisord: EXITED, expected) after outliving startsecs."""
+    result = _run_webapp(_conf_copy(tmp_path, None))
+    assert result.returncode == 0, result.stderr
+    assert "disabled" in result.stderr
+
+
+def test_a_bad_webapp_setting_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    section = (REPO / "conf" / "application.conf").read_text().split("[webapp]")[1]
+    section = "[webapp]" + section.replace("port = 8080", "port = eighty")
+    result = _run_webapp(_conf_copy(tmp_path, section))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("webapp: configuration error:") and "eighty" in lines[-1]
