@@ -6,6 +6,7 @@ import base64
 import datetime
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -503,12 +504,12 @@ def test_cli_status_shows_the_webapp(app: TestApp, suite: Supervisor) -> None:
 
     from htmengine.cli import cli
 
-    url = f"http://127.0.0.1:{app.ports['supervisor']}/RPC2"
-    result = CliRunner().invoke(cli, ["status", "--supervisor-url", url], catch_exceptions=False)
+    # supervisord's URL and credentials come from the app's conf/supervisord.conf.
+    result = CliRunner().invoke(cli, ["status"], catch_exceptions=False)
     assert (
         f"webapp: http://127.0.0.1:{app.ports['webapp']}/ (following results yes" in result.stdout
     )
-    assert "webapp" in result.stdout and "RUNNING" in result.stdout
+    assert re.search(r"^ +webapp +RUNNING", result.stdout, re.MULTILINE), result.stdout
 
 
 def _run_webapp(conf_dir: Path) -> subprocess.CompletedProcess:
