@@ -660,6 +660,8 @@ class CheckpointManager:
             current = os.readlink(os.path.join(entry, _CURRENT_LINK))
         except (FileNotFoundError, NotADirectoryError):
             return removed  # no entry (or a broken one: load reports it)
+        if not os.path.isdir(os.path.join(entry, current)):
+            return removed  # a broken entry: load reports it; its other stores are evidence
         return removed + self._remove_stray_stores(entry, current)
 
     # --- remove / clone ---------------------------------------------------------------------------

@@ -403,3 +403,15 @@ def test_token_faults_fire_once_per_armed_time_and_log_it(tmp_path) -> None:
         ["model.build@m1", "nomem"]
     ]
     assert sorted(os.listdir(tmp_path)) == ["fired"]
+
+
+def test_repair_leaves_the_stores_of_a_broken_entry_alone(mgr) -> None:
+    mgr.define("m1", DEFINITION)
+    checkpoint = mgr.load("m1")
+    mgr.save_full(checkpoint, b"blob", ["b1"])
+    entry = mgr.entry_dir("m1")
+    os.rename(os.path.join(entry, "store_1"), os.path.join(entry, "store_7"))  # `current` dangles
+    assert mgr.repair("m1") == 0
+    assert "store_7" in os.listdir(entry)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        mgr.load("m1")

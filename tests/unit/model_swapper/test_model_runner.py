@@ -482,3 +482,44 @@ def test_a_corrupt_checkpoint_is_a_permanent_error_with_its_reason(quick, faults
     assert exceptions.is_permanent_failure(result.status)
     assert "CRC mismatch" in result.errorMessage and "load checkpoint" in result.errorMessage
     assert not exceptions.is_permanent_failure(exceptions.ERR)
+
+
+# --- re-monitor over a checkpoint a lost deleteModel left behind ----------------------------------
+
+
+def old_checkpoint_left_behind(harness: Harness) -> None:
+    """A model that ran rows 1-6 (a full save among them); its deleteModel was then lost."""
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c1")
+    harness.swapper.submitRequests("m", input_rows(1, 6))
+    harness.runner.serve("m", never)
+    assert harness.checkpoints.load("m").last_rowid == 6
+    harness.bus.queues["r"].clear()
+
+
+def test_a_model_start_led_by_delete_model_ignores_an_old_checkpoint(harness) -> None:
+    """The lifecycle's model start (deleteModel, defineModel and the backlog, enqueued at once):
+    the old checkpoint goes, the backlog is scored by a fresh model, none of it skipped."""
+    old_checkpoint_left_behind(harness)
+    harness.swapper.submitRequests("m", [ModelCommand("d2", "deleteModel")])
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c2")
+    for first in (1, 5):
+        harness.swapper.submitRequests("m", input_rows(first, 4))
+    report = harness.runner.serve("m", never)
+    assert report.skipped_rows == 0 and report.drained and not report.deleted
+    results = harness.inference_results()
+    assert [r.anomalyScore for r in results] == expected_scores(list(range(1, 9)))
+    assert harness.checkpoints.load("m").last_rowid == 8
+
+
+def test_a_define_alone_keeps_an_existing_model_with_its_state(harness) -> None:
+    """defineModel is idempotent, as in the original: an equal definition keeps the model and its
+    rowid mark (so rows it ran are not run twice). Hence a start must lead with deleteModel."""
+    old_checkpoint_left_behind(harness)
+    harness.swapper.defineModel("m", DEFINE_ARGS, "c2")
+    harness.swapper.submitRequests("m", input_rows(1, 8))
+    report = harness.runner.serve("m", never)
+    assert report.skipped_rows == 6
+    assert [r.rowID for r in harness.inference_results()] == [7, 8]
+    assert [r.anomalyScore for r in harness.inference_results()] == expected_scores(
+        list(range(1, 9))
+    )[6:]
