@@ -27,8 +27,9 @@ torn tail (crash mid-append: a bad record with no intact record after it) ends t
 was never acked, so the broker delivers it again, and the next append truncates the tail before
 writing. A bad record *followed by* an intact one is corruption of acknowledged rows, not a torn
 write: the load fails with CheckpointError (the model is unusable), it is never skipped silently.
-``attributes.json`` carries ``"crc32"``, the CRC of its other keys in canonical JSON (entries written
-before it have none and are read as they are); ``model.bin`` has its own CRC (htm.serialization).
+``attributes.json`` carries ``"crc32"``, the CRC of its other keys in canonical JSON, and
+``"definitionCrc32"``, the CRC of the entry's definition (entries written before them have none and
+are read as they are); ``model.bin`` has its own CRC (htm.serialization).
 
 Crash consistency: every step of a save leaves an entry that loads, either as before the save or
 as after it. What an interrupted save leaves behind is garbage that `repair` deletes (the runner
@@ -284,6 +285,11 @@ def decode_journal(
     return records, offset
 
 
+def _definition_crc(definition: dict) -> int:
+    """CRC of a definition's canonical JSON (kept in each store's attributes)."""
+    return zlib.crc32(json.dumps(definition, sort_keys=True, separators=(",", ":")).encode())
+
+
 def _encode_attributes(state: dict) -> bytes:
     """attributes.json: `state` plus the CRC of its canonical JSON."""
     body = json.dumps(state, sort_keys=True, separators=(",", ":"))
@@ -426,7 +432,9 @@ class CheckpointManager:
             _write_file(os.path.join(build, _VERSION_FILE), ENTRY_FORMAT.encode())
             _write_file(os.path.join(build, _DEFINITION_FILE), text.encode("utf-8"))
             store_name = f"{_STORE_PREFIX}0"
-            self._build_store(os.path.join(build, store_name), None, [])
+            self._build_store(
+                os.path.join(build, store_name), None, [], None, _definition_crc(definition)
+            )
             os.symlink(store_name, os.path.join(build, _CURRENT_LINK))
             _fsync_dir(build)
             fault_point("define.built", model_id)
@@ -485,6 +493,9 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint of model {model_id} is incomplete: {exc}") from exc
         bytes_read += len(journal)
         attributes = _decode_attributes(attributes_data, f"attributes of model {model_id}")
+        expected = attributes.get("definitionCrc32")
+        if expected is not None and _definition_crc(definition) != expected:
+            raise CheckpointError(f"definition of model {model_id} is corrupt (CRC mismatch)")
         try:
             records, length = decode_journal(journal)
         except CheckpointError as exc:
@@ -574,7 +585,9 @@ class CheckpointManager:
         store_dir = os.path.join(entry, store_name)
         build = self._scratch_path(model_id, store_name)
         try:
-            written = self._build_store(build, model_blob, history, last_rowid)
+            written = self._build_store(
+                build, model_blob, history, last_rowid, _definition_crc(checkpoint.definition)
+            )
             fault_point("full.built", model_id)
             # A store of that name is a stray: renamed into the entry by a save killed before it
             # switched `current` (the rename would fail with ENOTEMPTY on every later save).
@@ -600,14 +613,18 @@ class CheckpointManager:
 
     @staticmethod
     def _build_store(
-        path: str, model_blob: bytes | None, batch_ids: list[str], last_rowid: int | None = None
+        path: str,
+        model_blob: bytes | None,
+        batch_ids: list[str],
+        last_rowid: int | None,
+        definition_crc: int,
     ) -> int:
         os.makedirs(path)
         written = 0
         if model_blob is not None:
             _write_file(os.path.join(path, _MODEL_FILE), model_blob)
             written += len(model_blob)
-        state: dict = {"batchIDs": batch_ids}
+        state: dict = {"batchIDs": batch_ids, "definitionCrc32": definition_crc}
         if last_rowid is not None:
             state["lastRowid"] = last_rowid
         attributes = _encode_attributes(state)

@@ -415,3 +415,18 @@ def test_repair_leaves_the_stores_of_a_broken_entry_alone(mgr) -> None:
     assert "store_7" in os.listdir(entry)
     with pytest.raises(CheckpointError, match="incomplete"):
         mgr.load("m1")
+
+
+def test_one_flipped_digit_in_the_definition_is_caught_by_the_stores_crc(mgr) -> None:
+    definition = {**DEFINITION, "modelParams": {"modelConfig": {"a": 1}, "inferenceArgs": {}}}
+    mgr.define("m1", definition)
+    mgr.save_full(mgr.load("m1"), b"blob", ["b1"])  # a full save keeps the definition's CRC
+    path = os.path.join(mgr.entry_dir("m1"), "definition.json")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    flipped = data.replace(b'"a": 1', b'"a": 3')
+    assert flipped != data and json.loads(flipped)["modelParams"]["modelConfig"] == {"a": 3}
+    with open(path, "wb") as fh:
+        fh.write(flipped)
+    with pytest.raises(CheckpointError, match="definition of model m1 is corrupt"):
+        mgr.load("m1")
