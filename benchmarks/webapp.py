@@ -80,8 +80,9 @@ WHERE uid IN :uids
 """
 
 
-def populate(metrics: int, rows: int, end: int) -> list[str]:
-    """METRICS metrics named bench.<i> with ROWS rows ending at epoch `end`, scored."""
+def populate(metrics: int, rows: int, window_rows: int, end: int) -> list[str]:
+    """METRICS metrics named bench.<i> with ROWS rows ending at epoch `end` (the first one, whose
+    day the API serves, `window_rows`), scored."""
     started = time.monotonic()
     uids = [uuid.uuid4().hex for _ in range(metrics)]
     engine = get_engine()
@@ -98,17 +99,18 @@ def populate(metrics: int, rows: int, end: int) -> list[str]:
                     "location": "",
                     "poll_interval": 300,
                     "status": int(MetricStatus.ACTIVE if i % 3 == 0 else MetricStatus.UNMONITORED),
-                    "last_rowid": rows,
+                    "last_rowid": max(rows, window_rows) if i == 0 else rows,
                 }
                 for i, uid in enumerate(uids)
             ],
         )
-    first = end - STEP_SEC * (rows - 1)
     batch: list[tuple[str, int, int, float]] = []
     for index, uid in enumerate(uids):
+        count = max(rows, window_rows) if index == 0 else rows
+        first = end - STEP_SEC * (count - 1)
         batch.extend(
             (uid, r + 1, first + STEP_SEC * r, float(50 + (r * 7 + index) % 40))
-            for r in range(rows)
+            for r in range(count)
         )
         if len(batch) >= 200_000 or index == len(uids) - 1:
             with engine.begin() as conn:
@@ -324,7 +326,10 @@ def live_cpu(supervisor, app, base_url, api_key, uids, args) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", type=int, default=10_000)
-    parser.add_argument("--rows", type=int, default=288)
+    parser.add_argument("--rows", type=int, default=288, help="rows of every metric")
+    parser.add_argument(
+        "--window-rows", type=int, default=2016, help="rows of the metric whose day is served"
+    )
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=100)
@@ -340,7 +345,7 @@ def main() -> int:
     supervisor = None
     try:
         end = int(time.time()) // STEP_SEC * STEP_SEC
-        uids = populate(args.metrics, args.rows, end)
+        uids = populate(args.metrics, args.rows, args.window_rows, end)
         supervisor = start_supervised(app, PROGRAMS, [])
         deadline = time.monotonic() + 60
         while True:
@@ -370,7 +375,7 @@ def main() -> int:
 
         print("2. one day of one metric from the API (288 rows)", flush=True)
         latencies = data_window_latencies(
-            base_url, app.api_key, uids[0], end, args.rows, args.requests
+            base_url, app.api_key, uids[0], end, max(args.rows, args.window_rows), args.requests
         )
         p = lambda q: 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
         print(
