@@ -1,7 +1,7 @@
 # Sourced by the other scripts: the Python environment htmengine runs in.
 #
 # Uses $HTMENGINE_PYTHON if set; otherwise a virtualenv at <repo>/.venv, created on first use from
-# python3 and filled from requirements.txt (re-installed when requirements.txt or setup.py change).
+# python3 and filled by `pip install -e ".[test]"` (re-installed when pyproject.toml or setup.py change).
 # shellcheck shell=bash
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,12 +24,11 @@ ensure_python() {
   PY=$VENV/bin/python
   local stamp=$VENV/.htmengine-installed
   local want
-  want=$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" | sha1sum | cut -d' ' -f1)
+  want=$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" | sha1sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[env] installing requirements into $VENV" >&2
     "$PY" -m pip install -q --upgrade pip >/dev/null
-    "$PY" -m pip install -q -r "$ROOT/requirements.txt"
-    "$PY" -m pip install -q --no-deps -e "$ROOT"
+    "$PY" -m pip install -q -e "$ROOT[test]"
     echo "$want" >"$stamp"
   fi
   export PATH="$(dirname "$PY"):$PATH"

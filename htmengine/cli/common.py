@@ -50,12 +50,14 @@ def ensure_config_dir() -> str:
 
 
 def checkout_script(name: str) -> Path:
-    """A script of the source checkout (scripts/<name>); a clear error when there is none."""
+    """A script of the source checkout (scripts/<name>); a one-line error when this htmengine was
+    installed without one (the scripts install servers and a virtualenv into the checkout)."""
     path = CHECKOUT_ROOT / "scripts" / name
-    if not path.is_file():
+    if not (path.is_file() and (CHECKOUT_ROOT / "pyproject.toml").is_file()):
         raise click.ClickException(
-            f"{path} not found: this command runs the source checkout's scripts "
-            "(install htmengine with `pip install -e <checkout>`)"
+            f"this command runs scripts/{name} of a source checkout, and htmengine is installed "
+            f"at {Path(__file__).resolve().parents[1]} without one: run it from a checkout "
+            "installed with `pip install -e <checkout>`, or run <checkout>/scripts/" + name
         )
     return path
 
