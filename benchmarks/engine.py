@@ -32,7 +32,6 @@ scored row, published by the anomaly service right after the transaction that co
 from __future__ import annotations
 
 import argparse
-import calendar
 import collections
 import concurrent.futures
 import json
@@ -85,7 +84,7 @@ class ResultsTracker:
 
     def _consume(self) -> None:
         from htmengine.bus import MessageBus
-        from htmengine.runtime.anomaly_service import deserialize_model_result
+        from htmengine.protocol.results import deserialize_model_result
 
         with MessageBus() as bus:
             for message in bus.consume(self.queue, prefetch=1000, inactivity_timeout=0.2):
@@ -256,7 +255,9 @@ def teardown(app, supervisor, model_ids: list[str]) -> None:
 
 
 def epoch(timestamp) -> int:
-    return calendar.timegm(timestamp.utctimetuple())
+    from htmengine.protocol.timestamps import to_epoch_seconds
+
+    return to_epoch_seconds(timestamp)
 
 
 def line(name: str, timestamp, value: float) -> bytes:

@@ -174,7 +174,9 @@ def export_command(name: str, output: str | None) -> None:
         exported = _adapter().exportModel(metric.uid)
     except ValueError as exc:
         raise click.ClickException(f"cannot export {name}: {exc}") from exc
-    text = json.dumps(exported, indent=2)
+    from htmengine.adapters.datasource.custom import export_file_data
+
+    text = json.dumps(export_file_data(exported), indent=2)
     if output is None:
         click.echo(text)
         return

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import uuid
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,8 @@ from htmengine.cli.common import (
     ensure_config_dir,
     format_table,
 )
+from htmengine.protocol.errors import UndecodableMessage
+from htmengine.protocol.results import deserialize_model_result, is_command_result
 
 # anomaly_score at or above which `plot` marks a row: the original's display_value jumps from
 # 1000 to 1000000 there (the "warning" level of its UI).
@@ -37,9 +38,6 @@ _SCORE_COLUMNS = (
 
 # Seconds `watch` keeps trying to reach a broker that went away (e.g. restarted) before it gives up.
 WATCH_RECONNECT_SEC = 120.0
-
-# Header of command results on the results exchange (facts: dataType "model-cmd-result").
-_COMMAND_RESULT_TYPE = "model-cmd-result"
 
 
 def _load_rows(name: str, since: datetime.datetime | None, limit: int | None) -> list[Any]:
@@ -174,14 +172,9 @@ def render_plot(name: str, rows: Sequence[Any], threshold: float, output: str) -
 # -- watch ----------------------------------------------------------------------------------------
 
 
-def decode_result(body: bytes) -> Any:
-    """A results-exchange message body: zlib-compressed JSON."""
-    return json.loads(zlib.decompress(body))
-
-
 def result_records(payload: Any, headers: dict[str, Any]) -> list[dict[str, Any]]:
     """Flat records of one results-exchange message: one per scored row, or one command result."""
-    if (headers or {}).get("dataType") == _COMMAND_RESULT_TYPE:
+    if is_command_result(headers):
         info = payload.get("modelInfo") or {}
         return [
             {
@@ -303,8 +296,8 @@ class _ResultPrinter:
     def show(self, body: bytes, headers: dict[str, Any]) -> bool:
         """Print one message's records; True once `count` scored rows have been printed."""
         try:
-            records = result_records(decode_result(body), headers)
-        except (zlib.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+            records = result_records(deserialize_model_result(body), headers)
+        except (UndecodableMessage, KeyError, TypeError, AttributeError) as exc:
             click.echo(f"skipping an undecodable message ({exc})", err=True)
             return False
         for record in records:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import calendar
 import csv
 import socket
 import sys
@@ -19,6 +18,7 @@ from htmengine.cli.common import (
     parse_timestamp,
     scrape_metrics,
 )
+from htmengine.protocol.timestamps import to_epoch_seconds
 
 # Listener counters that account for every line it read: published (accepted), rejected at the
 # edge, dropped for lack of buffer space.
@@ -69,7 +69,7 @@ def _parse_row(row: list[str]) -> tuple[int, float]:
         value = float(row[1])
     except ValueError:
         raise ValueError(f"value {row[1]!r} is not a number") from None
-    return calendar.timegm(moment.timetuple()), value
+    return to_epoch_seconds(moment), value
 
 
 def format_lines(metric: str, samples: list[tuple[int, float]]) -> list[bytes]:

@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 
 from htmengine.config import Config, ConfigError, get_checkpoint_config
 from htmengine.exceptions import ModelAlreadyExists, ModelNotFound
+from htmengine.protocol.timestamps import epoch_parts, to_datetime
 
 ENTRY_FORMAT = "htmengine-1"
 
@@ -87,8 +88,6 @@ _RECORD_HEADER = struct.Struct(">2sII")
 # How many recent batch ids a full save keeps for de-duplication. Only the batches of the last
 # unacknowledged run can come back, so a few hundred is ample.
 MAX_REMEMBERED_BATCH_IDS = 1000
-
-_EPOCH = datetime.datetime(1970, 1, 1)
 
 InputRow = tuple[datetime.datetime, float]
 
@@ -217,14 +216,13 @@ def _write_file(path: str, data: bytes) -> None:
 
 def _row_state(row: InputRow) -> list:
     when, value = row
-    delta = when - _EPOCH
-    seconds = delta.days * 86400 + delta.seconds
-    return [seconds, delta.microseconds, value]
+    seconds, microseconds = epoch_parts(when)
+    return [seconds, microseconds, value]
 
 
 def _row_from_state(state: Sequence) -> InputRow:
     seconds, microseconds, value = state
-    return _EPOCH + datetime.timedelta(seconds=seconds, microseconds=microseconds), value
+    return to_datetime(seconds, microseconds), value
 
 
 def encode_journal_record(

@@ -1,9 +1,10 @@
-"""The model swapper's wire format and queues: how apps talk to models and how models answer.
+"""The model swapper's queues and API: how apps talk to models and how models answer.
 
-Everything here is shared by the metric streamer and the datasource adapter (they submit requests), the
-model runner (it consumes requests and submits results) and the anomaly service (it consumes results).
-The byte layout is the original's, so messages left in a broker by either implementation decode in the
-other:
+Shared by the storer's forwarding and the datasource adapter (they submit requests), the model runner
+(it consumes requests and submits results) and the anomaly service (it consumes results). The wire
+format lives in `htmengine.protocol.model_swapper` and is re-exported here (old imports keep
+working); for reference, the byte layout is the original's, so messages left in a broker by either
+implementation decode in the other:
 
 * request message: ``<batchID>\\n<JSON array of item states>`` (batch id = ``uuid1().hex``);
 * result message: ``<modelID>\\n<JSON array of item states>``;
@@ -28,17 +29,33 @@ notification queue that carries a JSON string model id per submitted batch.
 
 from __future__ import annotations
 
-import calendar
-import datetime
-import json
 import logging
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from htmengine.config import Config, get_model_swapper_config
 from htmengine.exceptions import MessageQueueNotFound, ModelNotFound
+from htmengine.protocol.model_swapper import (
+    ModelCommand,
+    ModelCommandResult,
+    ModelInferenceResult,
+    ModelInputRow,
+    RequestItem,
+    ResultItem,
+    WireFormatError,
+    decode_batch,
+    decode_datetime,
+    decode_notification,
+    decode_request_message,
+    decode_result_message,
+    encode_batch,
+    encode_datetime,
+    encode_notification,
+    encode_request_message,
+    encode_result_message,
+    new_batch_id,
+)
 
 __all__ = [
     "ModelCommand",
@@ -48,254 +65,25 @@ __all__ = [
     "ModelNotFound",
     "ModelSwapperInterface",
     "RequestBatch",
+    "RequestItem",
     "ResultBatch",
+    "ResultItem",
     "SchedulerNotification",
     "WireFormatError",
+    "decode_batch",
+    "decode_datetime",
+    "decode_notification",
     "decode_request_message",
     "decode_result_message",
+    "encode_batch",
+    "encode_datetime",
+    "encode_notification",
     "encode_request_message",
     "encode_result_message",
+    "new_batch_id",
 ]
 
 _log = logging.getLogger("htmengine.model_swapper.interface")
-
-_EPOCH = datetime.datetime(1970, 1, 1)
-
-
-class WireFormatError(ValueError):
-    """A message or item state that does not follow the wire format."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Items
-
-
-@dataclass(eq=True)
-class ModelCommand:
-    """A command for a model: ``defineModel``, ``deleteModel`` or ``cloneModel``."""
-
-    commandID: Any
-    method: str
-    args: dict | None = None
-
-    TAG = "mc"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.method, str):
-            raise WireFormatError(f"ModelCommand method must be a string, got {self.method!r}")
-        if self.args is not None and not isinstance(self.args, dict):
-            raise WireFormatError(f"ModelCommand args must be a dict or None, got {self.args!r}")
-
-    def to_state(self) -> list:
-        return [self.TAG, self.commandID, self.method, self.args]
-
-
-@dataclass(eq=True)
-class ModelInputRow:
-    """One input record for a model: its metric_data rowid and field values (datetime, value)."""
-
-    rowID: Any
-    data: list
-
-    TAG = "i"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.data, (list, tuple)) or not self.data:
-            raise WireFormatError(f"ModelInputRow data must be a non-empty list, got {self.data!r}")
-
-    def to_state(self) -> list:
-        encoded = []
-        datetime_indexes = []
-        for index, value in enumerate(self.data):
-            if isinstance(value, datetime.datetime):
-                value = encode_datetime(value)
-                datetime_indexes.append(index)
-            encoded.append(value)
-        return [self.TAG, self.rowID, encoded, datetime_indexes]
-
-
-@dataclass(eq=True)
-class ModelCommandResult:
-    """The outcome of a ModelCommand: status 0 with optional args, or an error code and message."""
-
-    commandID: Any
-    method: str
-    status: int
-    args: dict | None = None
-    errorMessage: str | None = None
-
-    TAG = "mcR"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.status, int):
-            raise WireFormatError(f"ModelCommandResult status must be an int, got {self.status!r}")
-        if self.status == 0 and self.errorMessage is not None:
-            raise WireFormatError("ModelCommandResult with status 0 cannot carry an errorMessage")
-        if self.status != 0 and not isinstance(self.errorMessage, str):
-            raise WireFormatError("ModelCommandResult with a non-zero status needs an errorMessage")
-        if self.status != 0 and self.args is not None:
-            raise WireFormatError("ModelCommandResult with a non-zero status cannot carry args")
-
-    def to_state(self) -> list:
-        return [self.TAG, self.commandID, self.method, self.status, self.args, self.errorMessage]
-
-
-@dataclass(eq=True)
-class ModelInferenceResult:
-    """The outcome of one ModelInputRow: a raw anomaly score, or an error code and message."""
-
-    rowID: Any
-    status: int
-    anomalyScore: float | None = None
-    errorMessage: str | None = None
-    multiStepBestPredictions: dict | None = None
-
-    TAG = "iRv2"
-    LEGACY_TAG = "iR"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.status, int):
-            raise WireFormatError(
-                f"ModelInferenceResult status must be an int, got {self.status!r}"
-            )
-        if self.status == 0:
-            if not isinstance(self.anomalyScore, (int, float)) or isinstance(
-                self.anomalyScore, bool
-            ):
-                raise WireFormatError(
-                    f"ModelInferenceResult with status 0 needs a numeric anomalyScore, "
-                    f"got {self.anomalyScore!r}"
-                )
-            if self.errorMessage is not None:
-                raise WireFormatError("ModelInferenceResult with status 0 cannot carry an error")
-        elif not isinstance(self.errorMessage, str):
-            raise WireFormatError(
-                "ModelInferenceResult with a non-zero status needs an errorMessage"
-            )
-
-    def to_state(self) -> list:
-        return [
-            self.TAG,
-            self.rowID,
-            self.status,
-            self.anomalyScore,
-            self.errorMessage,
-            self.multiStepBestPredictions,
-        ]
-
-
-RequestItem = ModelCommand | ModelInputRow
-ResultItem = ModelCommandResult | ModelInferenceResult
-
-
-def encode_datetime(value: datetime.datetime) -> list[int]:
-    """A naive-UTC datetime as ``[int epoch seconds, microseconds]`` (lossless)."""
-    if value.tzinfo is not None:
-        value = value.astimezone(datetime.UTC).replace(tzinfo=None)
-    return [calendar.timegm(value.utctimetuple()), value.microsecond]
-
-
-def decode_datetime(state: Sequence[int]) -> datetime.datetime:
-    """Inverse of encode_datetime."""
-    try:
-        seconds, microseconds = state
-        return _EPOCH + datetime.timedelta(seconds=int(seconds), microseconds=int(microseconds))
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise WireFormatError(f"bad datetime state {state!r}: {exc}") from exc
-
-
-def _item_from_state(state: Any) -> RequestItem | ResultItem:
-    if not isinstance(state, list) or not state:
-        raise WireFormatError(f"item state must be a non-empty JSON array, got {state!r}")
-    tag, rest = state[0], state[1:]
-    try:
-        if tag == ModelInputRow.TAG:
-            row_id, data, datetime_indexes = rest
-            if not isinstance(data, list):
-                raise WireFormatError(f"input row data must be an array, got {data!r}")
-            for index in datetime_indexes:
-                data[index] = decode_datetime(data[index])
-            return ModelInputRow(row_id, data)
-        if tag == ModelCommand.TAG:
-            command_id, method, args = rest
-            return ModelCommand(command_id, method, args)
-        if tag == ModelInferenceResult.TAG:
-            row_id, status, score, error, predictions = rest
-            return ModelInferenceResult(row_id, status, score, error, predictions)
-        if tag == ModelInferenceResult.LEGACY_TAG:
-            row_id, status, score, error = rest
-            return ModelInferenceResult(row_id, status, score, error, None)
-        if tag == ModelCommandResult.TAG:
-            command_id, method, status, args, error = rest
-            return ModelCommandResult(command_id, method, status, args, error)
-    except (ValueError, TypeError, IndexError) as exc:
-        if isinstance(exc, WireFormatError):
-            raise
-        raise WireFormatError(f"malformed {tag!r} item state {state!r}: {exc}") from exc
-    raise WireFormatError(f"unknown item tag {tag!r} in {state!r}")
-
-
-def encode_batch(items: Sequence[RequestItem | ResultItem]) -> str:
-    """The JSON array of item states (the original's ``json.dumps`` layout: ``", "`` separators)."""
-    return json.dumps([item.to_state() for item in items])
-
-
-def decode_batch(text: str) -> tuple[RequestItem | ResultItem, ...]:
-    """Inverse of encode_batch, preserving order."""
-    try:
-        states = json.loads(text)
-    except ValueError as exc:
-        raise WireFormatError(f"batch is not JSON: {exc}") from exc
-    if not isinstance(states, list):
-        raise WireFormatError(f"batch must be a JSON array, got {type(states).__name__}")
-    return tuple(_item_from_state(state) for state in states)
-
-
-def _split_header(body: bytes | str, what: str) -> tuple[str, str]:
-    text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
-    header, sep, rest = text.partition("\n")
-    if not sep:
-        raise WireFormatError(f"{what} message has no header line: {text[:80]!r}")
-    return header, rest
-
-
-def encode_request_message(batch_id: str, requests: Sequence[RequestItem]) -> bytes:
-    """``<batchID>\\n<JSON array>`` as UTF-8."""
-    if "\n" in batch_id:
-        raise WireFormatError(f"batch id must not contain a newline: {batch_id!r}")
-    return (batch_id + "\n" + encode_batch(requests)).encode("utf-8")
-
-
-def decode_request_message(body: bytes | str) -> tuple[str, tuple[RequestItem, ...]]:
-    """(batch id, request items) of a request message."""
-    batch_id, batch = _split_header(body, "request")
-    items = decode_batch(batch)
-    for item in items:
-        if not isinstance(item, (ModelCommand, ModelInputRow)):
-            raise WireFormatError(f"request batch {batch_id} holds a result item {item!r}")
-    return batch_id, items  # type: ignore[return-value]
-
-
-def encode_result_message(model_id: str, results: Sequence[ResultItem]) -> bytes:
-    """``<modelID>\\n<JSON array>`` as UTF-8."""
-    if "\n" in model_id:
-        raise WireFormatError(f"model id must not contain a newline: {model_id!r}")
-    return (model_id + "\n" + encode_batch(results)).encode("utf-8")
-
-
-def decode_result_message(body: bytes | str) -> tuple[str, tuple[ResultItem, ...]]:
-    """(model id, result items) of a result message."""
-    model_id, batch = _split_header(body, "result")
-    items = decode_batch(batch)
-    for item in items:
-        if not isinstance(item, (ModelCommandResult, ModelInferenceResult)):
-            raise WireFormatError(f"result batch of model {model_id} holds a request {item!r}")
-    return model_id, items  # type: ignore[return-value]
-
-
-def new_batch_id() -> str:
-    """A request batch id, as the original made them (time-based uuid, hex)."""
-    return uuid.uuid1().hex
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,9 +296,7 @@ class ModelSwapperInterface:
         it discovers backlogs at start-up)."""
         try:
             self.bus.publish(
-                self.scheduler_notification_queue,
-                json.dumps(modelID).encode("utf-8"),
-                persistent=False,
+                self.scheduler_notification_queue, encode_notification(modelID), persistent=False
             )
         except MessageQueueNotFound:
             _log.warning(
@@ -633,10 +419,4 @@ def _result_batch_from_message(message: Any) -> ResultBatch:
 
 
 def _notification_from_message(message: Any) -> SchedulerNotification:
-    try:
-        model_id = json.loads(message.body)
-    except ValueError as exc:
-        raise WireFormatError(f"scheduler notification is not JSON: {message.body[:80]!r}") from exc
-    if not isinstance(model_id, str):
-        raise WireFormatError(f"scheduler notification must be a JSON string, got {model_id!r}")
-    return SchedulerNotification(model_id, ack=message.ack)
+    return SchedulerNotification(decode_notification(message.body), ack=message.ack)

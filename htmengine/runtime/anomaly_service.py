@@ -17,23 +17,19 @@ Consumes the model swapper's results queue (``model-swapper.conf [interface_bus]
   A batch redelivered after a crash between commit and ack publishes its rows again (at-least-once
   on the exchange, as everywhere else).
 
-Payloads (facts §4.3), decoded with `deserialize_model_result`::
-
-    inference: {"metric": {uid, name, description, resource, location, datasource, spec},
-                "results": [{rowid, ts, value, rawAnomaly, anomaly, multiStepBestPredictions}]}
-    command:   {method, modelId, commandId, status, errorMessage[, modelInfo]}
+Payloads: `htmengine.protocol.results` (facts §4.3); applications decode them with
+`deserializeModelResult` from there (also ``AnomalyService.deserializeModelResult``, as in the
+original, and `deserialize_model_result` here).
 """
 
 from __future__ import annotations
 
 import argparse
-import calendar
 import json
 import logging
 import signal
 import threading
 import time
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,24 +54,27 @@ from htmengine.model_swapper.model_swapper_interface import (
     ResultBatch,
     encode_result_message,
 )
+from htmengine.protocol.results import (
+    COMMAND_RESULT_HEADERS,
+    deserialize_model_result,
+    inference_message,
+    result_row,
+    serialize_model_result,
+)
 from htmengine.repository import MetricStatus, get_engine, queries
+from htmengine.repository.retry import retry_on_transient_db_errors
 from htmengine.repository.schema import metric_data
 from htmengine.runtime.anomaly_likelihood_helper import (
     AnomalyLikelihoodHelper,
     ScoredRow,
     rescale_for_display,
 )
-from htmengine.runtime.model_data_feeder import send_input_rows_to_model
-from htmengine.runtime.scalar_metric_utils import (
-    MODEL_START_KEY,
-    read_rows,
-    retry_on_transient_db_errors,
-)
+from htmengine.runtime.model_data_feeder import configured_chunk_size, send_input_rows_to_model
+from htmengine.runtime.scalar_metric_utils import MODEL_START_KEY, read_rows
+
+__all__ = ["AnomalyService", "deserialize_model_result", "main", "serialize_model_result"]
 
 LOGGER = logging.getLogger("htmengine.anomaly_service")
-
-# Header that marks command results on the results exchange.
-COMMAND_RESULT_HEADERS = {"dataType": "model-cmd-result"}
 
 # Key of the likelihood state inside metric.model_params.
 LIKELIHOOD_PARAMS_KEY = "anomalyLikelihoodParams"
@@ -87,22 +86,12 @@ PREFETCH = 20
 IDLE_CHECK_SEC = 1.0
 
 
-def serialize_model_result(message: dict[str, Any]) -> bytes:
-    """The body published on the results exchange: zlib-compressed JSON."""
-    return zlib.compress(json.dumps(message).encode("utf-8"))
-
-
-def deserialize_model_result(payload: bytes) -> dict[str, Any]:
-    """Inverse of serialize_model_result (what results-exchange consumers call)."""
-    return json.loads(zlib.decompress(payload))
-
-
-def _epoch(timestamp) -> float:
-    return float(calendar.timegm(timestamp.utctimetuple()))
-
-
 class AnomalyService:
     """Processes result batches; `run` consumes them until `stop` is called."""
+
+    # The original's names for the results exchange's body.
+    serializeModelResult = staticmethod(serialize_model_result)
+    deserializeModelResult = staticmethod(deserialize_model_result)
 
     def __init__(
         self,
@@ -369,34 +358,35 @@ class AnomalyService:
                 )
                 self.metrics.rows_scored.inc(len(new_rows))
 
+        # The message carries the predictions themselves (null or a dict), the column their JSON.
         published = [
-            _published_row(
+            result_row(
                 row.rowid,
                 row.timestamp,
                 row.value,
                 row.raw_anomaly_score,
                 row.anomaly_score,
-                json.dumps(predictions[row.rowid]),
+                predictions[row.rowid],
             )
             for row in new_rows
         ]
         if redelivered:
             # The previous delivery may have committed without publishing: publish again.
             published.extend(
-                _published_row(
+                result_row(
                     row.rowid,
                     row.timestamp,
                     row.metric_value,
                     row.raw_anomaly_score,
                     row.anomaly_score,
-                    row.multi_step_best_predictions,
+                    json.loads(row.multi_step_best_predictions or "null"),
                 )
                 for row in rescored
             )
             published.sort(key=lambda item: item["rowid"])
         if not published:
             return None
-        return {"metric": _published_metric(metric_row), "results": published}
+        return inference_message(_published_metric(metric_row), published)
 
     def _match(
         self,
@@ -498,19 +488,6 @@ def _published_metric(row: Row) -> dict[str, Any]:
     }
 
 
-def _published_row(
-    rowid: int, timestamp, value: float, raw: float, anomaly: float, predictions: str | None
-) -> dict[str, Any]:
-    return {
-        "rowid": rowid,
-        "ts": _epoch(timestamp),
-        "value": value,
-        "rawAnomaly": raw,
-        "anomaly": anomaly,
-        "multiStepBestPredictions": predictions,
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m htmengine.runtime.anomaly_service``."""
     parser = argparse.ArgumentParser(description="htmengine anomaly service")
@@ -525,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             swapper,
             config.get("metric_streamer", "results_exchange_name"),
             AnomalyLikelihoodHelper.from_config(config),
-            config.getint("metric_streamer", "chunk_size"),
+            configured_chunk_size(config),
             metrics=metrics,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):

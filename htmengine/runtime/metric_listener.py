@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import logging
 import signal
 import sys
@@ -30,6 +29,7 @@ from htmengine.config import Config, ConfigError, get_app_config, get_rabbitmq_c
 from htmengine.exceptions import MessageQueueNotFound
 from htmengine.instrumentation import ListenerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger, setup_logging
+from htmengine.protocol.data_queue import encode_data_message
 from htmengine.runtime.plaintext_protocol import LINE_TOO_LONG, LineBatcher, normalize_lines
 
 SERVICE_NAME = "metric_listener"
@@ -82,12 +82,6 @@ class ListenerSettings:
             if getattr(settings, key) < 1:
                 raise ConfigError(f"{config.path}: [{section}] {key} must be >= 1")
         return settings
-
-
-def encode_batch(lines: list[bytes]) -> bytes:
-    """The message body of one batch, in the original listener's format."""
-    data = b"\n".join(lines).decode("utf-8").split("\n")
-    return json.dumps({"protocol": "plain", "data": data}, separators=(",", ":")).encode()
 
 
 class OutboundBuffer:
@@ -172,7 +166,7 @@ class BatchPublisher(threading.Thread):
         self._close()
 
     def _publish_until_confirmed(self, batch: list[bytes]) -> None:
-        body = encode_batch(batch)
+        body = encode_data_message(batch)
         delay = RECONNECT_FIRST_SEC
         while True:
             try:

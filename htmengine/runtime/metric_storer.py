@@ -33,7 +33,6 @@ that every stored row of an ACTIVE metric is scored.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import signal
 import sys
@@ -44,14 +43,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-import sqlalchemy.exc
-import tenacity
 
 from htmengine.bus import Message, MessageBus, rejected_queue_name
 from htmengine.config import ConfigError, get_app_config, get_rabbitmq_config
 from htmengine.instrumentation import StorerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger, setup_logging
+from htmengine.protocol.data_queue import decode_data_message
+from htmengine.protocol.errors import UndecodableMessage
 from htmengine.repository import MetricStatus, get_engine
+from htmengine.repository.retry import retry_on_transient_db_errors
 from htmengine.runtime.metric_streamer import (
     MetricStreamer,
     MissingMetricsError,
@@ -64,7 +64,6 @@ from htmengine.runtime.model_input_forwarder import ModelInputForwarder
 from htmengine.runtime.plaintext_protocol import parse_samples
 
 SERVICE_NAME = "metric_storer"
-PROTOCOL_PLAIN = "plain"
 REJECTED_REASON_HEADER = "x-rejected-reason"
 # Seconds without a new message after which the pending ones are stored.
 IDLE_FLUSH_SEC = 0.05
@@ -79,33 +78,6 @@ MAX_CACHED_METRICS = 100_000
 RowsForwarder = Callable[[str, list[tuple[int, datetime.datetime, float]]], None]
 
 
-class RejectedMessage(ValueError):
-    """A message the storer cannot use at all; `reason` is the dead-letter header value."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def decode_message(body: bytes) -> list[str]:
-    """The data lines of a message body, or RejectedMessage with the reason."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise RejectedMessage("not JSON") from None
-    if not isinstance(document, dict):
-        raise RejectedMessage("not a JSON object")
-    protocol = document.get("protocol")
-    if protocol is None:
-        raise RejectedMessage("no protocol")
-    if protocol != PROTOCOL_PLAIN:
-        raise RejectedMessage(f"unknown protocol {str(protocol)[:50]!r}")
-    data = document.get("data")
-    if not isinstance(data, list) or not all(isinstance(line, str) for line in data):
-        raise RejectedMessage("data is not a list of strings")
-    return data
-
-
 def partition_by_size(
     samples_by_uid: dict[str, list[Sample]], parts: int
 ) -> list[dict[str, list[Sample]]]:
@@ -117,13 +89,6 @@ def partition_by_size(
         groups[smallest][uid] = samples_by_uid[uid]
         sizes[smallest] += len(samples_by_uid[uid])
     return [group for group in groups if group]
-
-
-def _is_transient_db_error(exc: BaseException) -> bool:
-    """Deadlocks, lock wait timeouts and lost connections: retrying the batch may succeed."""
-    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
-        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
-    )
 
 
 @dataclass
@@ -243,9 +208,9 @@ class MetricStorer:
         self.metrics.messages_received.inc(len(messages))
         for message in messages:
             try:
-                lines = decode_message(message.body)
-            except RejectedMessage as exc:
-                self._dead_letter(message, exc.reason)
+                lines = decode_data_message(message.body)
+            except UndecodableMessage as exc:
+                self._dead_letter(message, exc.reason, exc.kind)
                 outcome.rejected += 1
                 continue
             parsed = parse_samples(lines)
@@ -308,8 +273,8 @@ class MetricStorer:
                 self.log.info("re-forwarding %d stored row(s) of metric %s", len(rows), uid)
                 self.on_rows_reforwarded(uid, rows)
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
-        self.metrics.messages_rejected.labels(reason).inc()
+    def _dead_letter(self, message: Message, reason: str, kind: str) -> None:
+        self.metrics.messages_rejected.labels(kind).inc()
         self.warn.warning(
             "dead-letter",
             "moved a message to %s (%s): %r",
@@ -372,15 +337,7 @@ class MetricStorer:
         except MissingMetricsError as exc:
             return exc
 
-    @tenacity.retry(
-        retry=tenacity.retry_if_exception(_is_transient_db_error),
-        wait=tenacity.wait_exponential(multiplier=0.05, max=5.0),
-        before_sleep=lambda state: logging.getLogger(__name__).warning(
-            "storing failed (%r); retrying (attempt %d)",
-            state.outcome.exception() if state.outcome else None,
-            state.attempt_number,
-        ),
-    )
+    @retry_on_transient_db_errors
     def _store_group(self, samples_by_uid: dict[str, list[Sample]]) -> list[StoredRows]:
         """One transaction; retried on deadlocks and lost connections."""
         started = time.perf_counter()

@@ -14,7 +14,6 @@ seconds (rows keep whole seconds). Data for a metric in ERROR status is dropped,
 
 from __future__ import annotations
 
-import calendar
 import datetime
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,25 +23,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from htmengine.exceptions import MetricNotFound
+from htmengine.protocol.timestamps import to_datetime, to_epoch_seconds
 from htmengine.repository import DATA_ACCEPTING_STATUSES, MetricStatus, queries
 from htmengine.repository.schema import metric_data
 
 LOGGER = logging.getLogger(__name__)
 
-_EPOCH = datetime.datetime(1970, 1, 1)
-
 # A sample: (whole epoch seconds UTC, value).
 Sample = tuple[int, float]
-
-
-def to_datetime(seconds: int) -> datetime.datetime:
-    """Naive UTC datetime of whole epoch seconds (the DATETIME column's form)."""
-    return _EPOCH + datetime.timedelta(seconds=seconds)
-
-
-def to_epoch_seconds(timestamp: datetime.datetime) -> int:
-    """Whole epoch seconds of a naive UTC datetime."""
-    return calendar.timegm(timestamp.utctimetuple())
 
 
 @dataclass

@@ -11,7 +11,17 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Sequence
 
+from htmengine.config import Config, ConfigError, get_app_config
 from htmengine.model_swapper.model_swapper_interface import ModelInputRow, ModelSwapperInterface
+
+
+def configured_chunk_size(config: Config | None = None) -> int:
+    """``application.conf [metric_streamer] chunk_size``: input rows per request batch (>= 1)."""
+    config = config if config is not None else get_app_config()
+    chunk_size = config.getint("metric_streamer", "chunk_size")
+    if chunk_size < 1:
+        raise ConfigError(f"{config.path}: [metric_streamer] chunk_size must be >= 1")
+    return chunk_size
 
 
 def input_rows(rows: Iterable[tuple[int, datetime.datetime, float]]) -> list[ModelInputRow]:

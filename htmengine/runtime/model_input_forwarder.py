@@ -20,12 +20,15 @@ import logging
 from collections.abc import Callable, Sequence
 
 from htmengine.adapters.datasource import createDatasourceAdapter
-from htmengine.config import get_app_config
 from htmengine.exceptions import HTMEngineError, ModelNotFound
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
 from htmengine.repository import MetricStatus
 from htmengine.runtime.metric_streamer import StoredRows
-from htmengine.runtime.model_data_feeder import input_rows, send_input_rows_to_model
+from htmengine.runtime.model_data_feeder import (
+    configured_chunk_size,
+    input_rows,
+    send_input_rows_to_model,
+)
 from htmengine.runtime.scalar_metric_utils import MODEL_CREATION_RECORD_THRESHOLD
 
 LOGGER = logging.getLogger("htmengine.model_input_forwarder")
@@ -48,7 +51,7 @@ class ModelInputForwarder:
     def from_config(cls) -> ModelInputForwarder:
         """Chunk size from application.conf; activation by the custom datasource adapter."""
         adapter = createDatasourceAdapter("custom")
-        return cls(get_app_config().getint("metric_streamer", "chunk_size"), adapter.activateModel)
+        return cls(configured_chunk_size(), adapter.activateModel)
 
     @property
     def swapper(self) -> ModelSwapperInterface:

@@ -18,12 +18,9 @@ How a model starts, so that it sees every row exactly once and in rowid order:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-import sqlalchemy as sa
-import tenacity
 from sqlalchemy.engine import Connection
 
 from htmengine.htm.params import get_scalar_metric_params
@@ -35,10 +32,21 @@ from htmengine.model_swapper.model_swapper_interface import (
     new_batch_id,
 )
 from htmengine.repository import queries
+from htmengine.repository.retry import retry_on_transient_db_errors
 from htmengine.repository.schema import metric_data
 from htmengine.runtime.model_data_feeder import input_rows
 
-T = TypeVar("T")
+__all__ = [
+    "MODEL_CREATION_RECORD_THRESHOLD",
+    "MODEL_START_KEY",
+    "generate_swarm_params",
+    "input_record_schema",
+    "padded_range",
+    "publish_model_start",
+    "read_rows",
+    "retry_on_transient_db_errors",
+    "swarm_params_from_complete_model_params",
+]
 
 # Rows a metric needs before min/max can be taken from its data: one day of 5-minute samples.
 MODEL_CREATION_RECORD_THRESHOLD = 288
@@ -48,20 +56,6 @@ MODEL_START_KEY = "modelStart"
 
 # Share of the data's range added below min and above max when they come from the data.
 STATS_PADDING = 0.2
-
-
-def retry_on_transient_db_errors(func: Callable[..., T]) -> Callable[..., T]:
-    """Retry a whole unit of work (its own transaction) when the database connection fails."""
-    return functools.wraps(func)(
-        tenacity.retry(
-            retry=tenacity.retry_if_exception_type(
-                (sa.exc.OperationalError, sa.exc.InterfaceError)
-            ),
-            wait=tenacity.wait_exponential(multiplier=0.05, max=2.0),
-            stop=tenacity.stop_after_delay(60),
-            reraise=True,
-        )(func)
-    )
 
 
 def input_record_schema(timestamp_field: str = "c0", value_field: str = "c1") -> list[list[str]]:

@@ -186,6 +186,9 @@ def test_inference_results_are_scored_like_one_uninterrupted_run(monitored, swap
     assert all(headers == {} for headers, _ in published)
     results_out = [item for _, message in published for item in message["results"]]
     assert [item["rowid"] for item in results_out] == list(range(1, 311))
+    # the message carries the predictions themselves (as the original did), the column their JSON
+    assert results_out[6]["multiStepBestPredictions"] == {"1": 42.5}
+    assert results_out[0]["multiStepBestPredictions"] is None
     first = results_out[0]
     assert first["rawAnomaly"] == raws[0]
     assert first["anomaly"] == rows[0].anomaly_score

@@ -3,12 +3,14 @@ what the adapter put on the model's input queue)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 
 import pytest
 
 from htmengine.adapters.datasource import createDatasourceAdapter
+from htmengine.adapters.datasource.custom import export_file_data
 from htmengine.bus import MessageBus
 from htmengine.exceptions import (
     MessageQueueNotFound,
@@ -333,7 +335,14 @@ def test_export_delete_import_recreates_metric_data_and_model(adapter, bus, inpu
     exported = adapter.exportModel(uid)
     assert exported["metricSpec"] == {"metric": "exported"}
     assert len(exported["data"]) == 50
-    json.dumps(exported)  # JSON-ready
+    # the original's layout: [value, naive-UTC datetime]
+    assert all(
+        isinstance(ts, datetime.datetime) and ts.tzinfo is None for _, ts in exported["data"]
+    )
+    # an export file holds the timestamps as text, and imports the same
+    assert export_file_data(exported)["data"] == [
+        [value, ts.strftime("%Y-%m-%d %H:%M:%S")] for value, ts in exported["data"]
+    ]
 
     adapter.deleteMetricByName("exported")
     with pytest.raises(MetricNotFound):
@@ -346,9 +355,9 @@ def test_export_delete_import_recreates_metric_data_and_model(adapter, bus, inpu
     row = metric_row(new_uid)
     assert row.status == MetricStatus.CREATE_PENDING
     assert json.loads(row.parameters)["modelParams"] == {"min": 0, "max": 120}
-    assert [
-        (r.timestamp.strftime("%Y-%m-%d %H:%M:%S"), r.metric_value) for r in data_rows(new_uid)
-    ] == [(ts, value) for value, ts in exported["data"]]
+    assert [(r.timestamp, r.metric_value) for r in data_rows(new_uid)] == [
+        (ts, value) for value, ts in exported["data"]
+    ]
     messages = drain_queue(bus, queue)
     assert messages[0][1][0].method == "defineModel"
     assert sum(len(items) for _, items in messages[1:]) == 50

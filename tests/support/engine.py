@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from htmengine.bus import MessageBus
 from htmengine.model_swapper.model_swapper_interface import decode_request_message
+from htmengine.protocol.results import deserialize_model_result
 from htmengine.repository import get_engine, queries
-from htmengine.runtime.anomaly_service import deserialize_model_result
 
 # 5-minute samples, like the original's target cadence.
 STEP = datetime.timedelta(minutes=5)

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from htmengine.protocol.data_queue import encode_data_message
 from htmengine.runtime.metric_listener import (
     OutboundBuffer,
     PlaintextLineReceiver,
-    encode_batch,
 )
 from htmengine.runtime.plaintext_protocol import LineBatcher
 
@@ -103,8 +103,8 @@ def test_buffer_get_wakes_up_on_put() -> None:
     assert got == [[b"a"]]
 
 
-def test_encode_batch_uses_the_original_body() -> None:
-    body = encode_batch([b"cpu 1 2", b'we"ird\\name 3 4', "caf\u00e9 5 6".encode()])
+def test_encode_data_message_uses_the_original_body() -> None:
+    body = encode_data_message([b"cpu 1 2", b'we"ird\\name 3 4', "caf\u00e9 5 6".encode()])
     assert json.loads(body) == {
         "protocol": "plain",
         "data": ["cpu 1 2", 'we"ird\\name 3 4', "caf\u00e9 5 6"],

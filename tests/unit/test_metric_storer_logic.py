@@ -9,20 +9,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from htmengine.runtime.metric_storer import RejectedMessage, decode_message, partition_by_size
-from htmengine.runtime.metric_streamer import scrub, to_datetime, to_epoch_seconds
+from htmengine.protocol.data_queue import decode_data_message
+from htmengine.protocol.errors import UndecodableMessage
+from htmengine.protocol.timestamps import to_datetime, to_epoch_seconds
+from htmengine.runtime.metric_storer import partition_by_size
+from htmengine.runtime.metric_streamer import scrub
 
 
 def test_original_format_messages_decode_to_their_lines() -> None:
     body = json.dumps({"protocol": "plain", "data": ["cpu_percent 12.5 1434174392"]}).encode()
-    assert decode_message(body) == ["cpu_percent 12.5 1434174392"]
+    assert decode_data_message(body) == ["cpu_percent 12.5 1434174392"]
 
 
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
         (b"not json", "not JSON"),
-        (b"\xff\xfe", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
         (b"[1, 2]", "not a JSON object"),
         (b'{"data": []}', "no protocol"),
         (b'{"protocol": "pickle", "data": []}', "unknown protocol 'pickle'"),
@@ -32,8 +35,8 @@ def test_original_format_messages_decode_to_their_lines() -> None:
     ],
 )
 def test_unusable_messages_are_rejected_with_a_reason(body: bytes, reason: str) -> None:
-    with pytest.raises(RejectedMessage) as caught:
-        decode_message(body)
+    with pytest.raises(UndecodableMessage) as caught:
+        decode_data_message(body)
     assert caught.value.reason == reason
 
 

@@ -30,6 +30,7 @@ from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterfac
 from htmengine.repository import MetricStatus, get_engine, queries
 from htmengine.repository.schema import metric, metric_data
 from htmengine.runtime.likelihood_profiles import profile_from_config
+from htmengine.runtime.model_data_feeder import configured_chunk_size
 from htmengine.runtime.scalar_metric_utils import (
     MODEL_CREATION_RECORD_THRESHOLD,
     MODEL_START_KEY,
@@ -47,7 +48,7 @@ LOGGER = logging.getLogger("htmengine.custom_datasource_adapter")
 # exportModel includes the rows of this many most recent days.
 EXPORT_DATA_DAYS = 14
 
-# Timestamp format of exported rows (importModel also accepts datetime objects).
+# Timestamp format of rows in an export file (importModel accepts it as well as datetimes).
 EXPORT_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -59,7 +60,7 @@ class CustomDatasourceAdapter:
     def __init__(self, engine: sa.Engine | None = None) -> None:
         self.engine = engine if engine is not None else get_engine()
         config = get_app_config()
-        self.chunk_size = config.getint("metric_streamer", "chunk_size")
+        self.chunk_size = configured_chunk_size(config)
         # Rows a model's range comes from ([anomaly_likelihood] profile); None: all stored rows.
         self.range_rows = profile_from_config(config).range_rows
 
@@ -306,8 +307,8 @@ class CustomDatasourceAdapter:
     # -- export / import ---------------------------------------------------------------------------
 
     def exportModel(self, metricId: str) -> dict[str, Any]:
-        """The metric's model spec plus ``data``: [[value, "YYYY-MM-DD HH:MM:SS"], ...] of its
-        last 14 days (UTC), for importModel."""
+        """The metric's model spec plus ``data``: [[value, naive-UTC datetime], ...] of its last
+        14 days, for importModel (the original's layout; `export_file_data` makes it JSON)."""
         with self.engine.connect() as conn:
             row = queries.get_metric(
                 conn, metricId, [metric.c.name, metric.c.datasource, metric.c.parameters]
@@ -328,9 +329,7 @@ class CustomDatasourceAdapter:
                 from_timestamp=since,
             )
         spec = json.loads(row.parameters)
-        spec["data"] = [
-            [r.metric_value, r.timestamp.strftime(EXPORT_TIMESTAMP_FORMAT)] for r in rows
-        ]
+        spec["data"] = [[r.metric_value, r.timestamp] for r in rows]
         return spec
 
     def importModel(self, spec: dict[str, Any]) -> str:
@@ -374,6 +373,17 @@ class CustomDatasourceAdapter:
 def _check_metric_name(name: Any) -> None:
     if not isinstance(name, str) or not name or len(name) > 255:
         raise ValueError(f"a metric name must be a non-empty string of <= 255 characters: {name!r}")
+
+
+def export_file_data(exported: dict[str, Any]) -> dict[str, Any]:
+    """An exportModel result with its timestamps as text (what an export file holds)."""
+    return dict(
+        exported,
+        data=[
+            [value, timestamp.strftime(EXPORT_TIMESTAMP_FORMAT)]
+            for value, timestamp in exported.get("data") or []
+        ],
+    )
 
 
 def _parse_exported_data(data: Any) -> list[tuple[datetime.datetime, float]]:
