@@ -26,6 +26,12 @@ rows into fewer, larger messages, or use ``publish_many``, where throughput matt
 Connection loss (broker restart, network error) is retried with exponential backoff (0.05 s
 doubling up to 2 s) for up to ``reconnect_timeout`` seconds per operation; ``consume`` rebuilds
 its consumer on a new connection and keeps yielding.
+
+Poison messages: one policy for every consumer (`PoisonGuard`). A message its consumer cannot
+decode or validate is copied to the dead-letter queue ``<queue>.rejected`` with the headers
+``x-rejected-reason`` (what was wrong), ``x-rejected-kind`` (one of
+`htmengine.protocol.errors.REJECT_KINDS`) and ``x-rejected-from``, then acked, counted by kind
+and logged (rate-limited); the consumer goes on with the next message.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pika
 import pika.exceptions
@@ -44,6 +50,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from htmengine.config import Config, get_rabbitmq_config
 from htmengine.exceptions import MessageQueueNotFound
+from htmengine.logging_support import RateLimitedLogger
+from htmengine.protocol.errors import UNDECODABLE, UndecodableMessage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +59,12 @@ T = TypeVar("T")
 
 # Suffix of the dead-letter queue of a queue: messages a consumer cannot process go there.
 REJECTED_QUEUE_SUFFIX = ".rejected"
+# Headers a dead-lettered copy carries.
+REJECTED_REASON_HEADER = "x-rejected-reason"
+REJECTED_KIND_HEADER = "x-rejected-kind"
+REJECTED_FROM_HEADER = "x-rejected-from"
+# Characters of a reason kept in its header.
+_MAX_REASON_CHARS = 4000
 
 # AMQP reply code of a missing queue or exchange.
 _NOT_FOUND = 404
@@ -121,6 +135,12 @@ class Message:
         return self._bus._settle(
             self, lambda ch: ch.basic_nack(self.delivery_tag, multiple=False, requeue=requeue)
         )
+
+    def dead_letter(
+        self, reason: str, kind: str | None = None, *, queue: str | None = None
+    ) -> bool:
+        """Move this message to its dead-letter queue (see `MessageBus.dead_letter`)."""
+        return self._bus.dead_letter(self, reason, kind, queue=queue)
 
 
 class _ConsumerLost(Exception):
@@ -473,19 +493,29 @@ class MessageBus:
 
         self._retrying(send, f"publish to exchange {exchange}")
 
-    def dead_letter(self, message: Message, reason: str) -> bool:
+    def dead_letter(
+        self, message: Message, reason: str, kind: str | None = None, *, queue: str | None = None
+    ) -> bool:
         """Move a message its consumer cannot process to ``<queue>.rejected``, then ack it.
 
-        The copy keeps body and headers and adds ``x-rejected-reason`` and ``x-rejected-from``.
-        It is confirmed before the original is acked, so the message is never lost (it may be
-        in both queues if the ack fails). Returns the ack's result.
+        The copy keeps body and headers and adds ``x-rejected-reason``, ``x-rejected-from`` and,
+        if given, ``x-rejected-kind``; `queue` names another dead-letter queue (a private queue's
+        watcher shares one). The copy is confirmed before the original is acked, so the message
+        is never lost (it may be in both queues if the ack fails). Returns the ack's result.
         """
-        dead_letter_queue = rejected_queue_name(message.queue)
+        dead_letter_queue = queue or rejected_queue_name(message.queue)
         self.declare_queue(dead_letter_queue, durable=True)
-        headers = dict(message.headers)
-        headers["x-rejected-reason"] = reason[:4000]
-        headers["x-rejected-from"] = message.queue
-        self.publish(dead_letter_queue, message.body, headers=headers)
+        ours = {
+            REJECTED_REASON_HEADER: reason[:_MAX_REASON_CHARS],
+            REJECTED_FROM_HEADER: message.queue,
+        }
+        if kind is not None:
+            ours[REJECTED_KIND_HEADER] = kind
+        try:
+            self.publish(dead_letter_queue, message.body, headers={**message.headers, **ours})
+        except (TypeError, ValueError, pika.exceptions.UnsupportedAMQPFieldException):
+            # Headers pika decoded but cannot encode again: keep the body and our headers.
+            self.publish(dead_letter_queue, message.body, headers=ours)
         return message.ack()
 
     # -- consuming ---------------------------------------------------------------------------
@@ -632,3 +662,64 @@ class MessageBus:
                     self._drop_connection()
             finally:
                 self._stop_consumer(consumer)
+
+
+class _Rejectable(Protocol):
+    """What the guard needs of a message: its body (for the log) and a way to dead-letter it."""
+
+    body: bytes
+
+    def dead_letter(
+        self, reason: str, kind: str | None = None, *, queue: str | None = None
+    ) -> bool: ...
+
+
+class PoisonGuard:
+    """The one dead-letter policy: decode inside it, and a message that fails never stops you.
+
+    `decode(message, decoder)` returns what `decoder(message.body)` returns, or None after the
+    message was dead-lettered: an `UndecodableMessage` keeps its kind and reason; any other
+    error of the decoder (decoders are pure, so the body is at fault) counts as ``undecodable``.
+    `reject(message, exc)` applies the same policy to a message that failed after decoding.
+    Each rejection is counted by kind (`rejected`, and the `count` hook, e.g. a Prometheus
+    counter's ``labels(kind).inc``) and logged at most once per `log_interval` seconds per kind.
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger | None = None,
+        count: Callable[[str], None] | None = None,
+        *,
+        dead_letter_queue: str | None = None,
+        log_interval: float = 10.0,
+    ) -> None:
+        self._log = RateLimitedLogger(log if log is not None else LOGGER, interval=log_interval)
+        self._count = count
+        self._dead_letter_queue = dead_letter_queue
+        self.rejected: collections.Counter[str] = collections.Counter()
+
+    def decode(self, message: _Rejectable, decoder: Callable[[bytes], T]) -> T | None:
+        """`decoder(message.body)`, or None once the message has been dead-lettered."""
+        try:
+            return decoder(message.body)
+        except Exception as exc:  # whatever a pure decoder raises, the body is at fault
+            self.reject(message, exc)
+            return None
+
+    def reject(self, message: _Rejectable, exc: BaseException) -> None:
+        """Dead-letter `message` (acked after its copy is confirmed), count it and log it."""
+        if isinstance(exc, UndecodableMessage):
+            kind, reason = exc.kind, exc.reason
+        else:
+            kind, reason = UNDECODABLE, f"{type(exc).__name__}: {str(exc)[:500]}"
+        self.rejected[kind] += 1
+        if self._count is not None:
+            self._count(kind)
+        self._log.warning(
+            f"dead-letter:{kind}",
+            "dead-lettered a message (%s: %s): %r",
+            kind,
+            reason,
+            bytes(message.body[:120]),
+        )
+        message.dead_letter(reason, kind, queue=self._dead_letter_queue)

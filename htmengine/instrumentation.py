@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from htmengine.config import Config, get_app_config, get_model_swapper_config
+from htmengine.protocol.errors import REJECT_KINDS
 
 __all__ = [
     "METRICS_PORT_KEYS",
@@ -92,6 +93,16 @@ _BATCH_SECONDS_BUCKETS = (
 )
 
 
+def _rejected_counter(name: str, registry: CollectorRegistry) -> Counter:
+    """Messages the poison guard dead-lettered, by reason (htmengine.protocol.errors.REJECT_KINDS)."""
+    return Counter(
+        name,
+        "Messages moved to their dead-letter queue, by reason: " + ", ".join(REJECT_KINDS),
+        ["reason"],
+        registry=registry,
+    )
+
+
 class SchedulerMetrics:
     """model_scheduler: models in slots and waiting for one, swaps, rows run through models."""
 
@@ -154,6 +165,8 @@ class SchedulerMetrics:
             "retries (their input requeued, the model retried later)",
             registry=r,
         )
+        # Model input batches (counted by the slot workers) and scheduler notifications.
+        self.messages_rejected = _rejected_counter("htmengine_scheduler_messages_rejected", r)
 
 
 class AnomalyServiceMetrics:
@@ -172,11 +185,11 @@ class AnomalyServiceMetrics:
         )
         self.batches_rejected = Counter(
             "htmengine_anomaly_batches_rejected",
-            "Inference result batches dropped: metric_missing, not_active, rowid_mismatch, "
-            "model_error, undecodable",
+            "Inference result batches dropped: metric_missing, not_active, model_error",
             ["reason"],
             registry=r,
         )
+        self.messages_rejected = _rejected_counter("htmengine_anomaly_messages_rejected", r)
         self.command_results = Counter(
             "htmengine_anomaly_command_results",
             "Model command results handled, by method and outcome (ok, error)",
@@ -194,7 +207,6 @@ class AnomalyServiceMetrics:
             buckets=_BATCH_SECONDS_BUCKETS,
             registry=r,
         )
-
 
 
 class ListenerMetrics:
@@ -262,12 +274,7 @@ class StorerMetrics:
         self.messages_received = Counter(
             "htmengine_storer_messages_received", "Messages consumed", registry=r
         )
-        self.messages_rejected = Counter(
-            "htmengine_storer_messages_rejected",
-            "Messages moved to the dead-letter queue",
-            ["reason"],
-            registry=r,
-        )
+        self.messages_rejected = _rejected_counter("htmengine_storer_messages_rejected", r)
         self.lines_bad = Counter(
             "htmengine_storer_lines_bad",
             "Lines inside good messages that failed to parse (skipped)",

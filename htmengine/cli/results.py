@@ -7,7 +7,9 @@ import csv
 import datetime
 import io
 import json
+import logging
 import os
+import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +22,6 @@ from htmengine.cli.common import (
     ensure_config_dir,
     format_table,
 )
-from htmengine.protocol.errors import UndecodableMessage
 from htmengine.protocol.results import deserialize_model_result, is_command_result
 
 # anomaly_score at or above which `plot` marks a row: the original's display_value jumps from
@@ -242,16 +243,22 @@ def watch(
     """Print anomaly scores as the engine publishes them on the results exchange.
 
     Uses its own exclusive, auto-deleted queue bound to the exchange, so it takes nothing from
-    the application's queues and leaves nothing behind.
+    the application's queues and leaves nothing behind. A message it cannot decode is moved to
+    the durable queue ``<exchange>.watch.rejected`` (shared by every watcher) and reported on
+    stderr (rate-limited).
     """
     ensure_config_dir()
-    from htmengine.bus import MessageBus
+    from htmengine.bus import MessageBus, PoisonGuard, rejected_queue_name
     from htmengine.config import get_app_config
     from htmengine.exceptions import MessageQueueNotFound
 
     exchange = get_app_config().get("metric_streamer", "results_exchange_name")
     queue = f"{exchange}.watch.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     printer = _ResultPrinter(set(metrics), count, output_format)
+    guard = PoisonGuard(
+        _stderr_logger("htmengine.cli.watch"),
+        dead_letter_queue=rejected_queue_name(exchange + ".watch"),
+    )
     with MessageBus(reconnect_timeout=CONNECT_TIMEOUT_SEC) as bus:
         _bind_private_queue(bus, exchange, queue)
         # Started: from now on ride out a broker restart instead of failing at once.
@@ -264,8 +271,11 @@ def watch(
                         if message is None:
                             click.echo(f"no results for {timeout:g} s; stopping", err=True)
                             return
+                        records = guard.decode(message, _records_decoder(message.headers))
+                        if records is None:  # dead-lettered and acked
+                            continue
                         message.ack()
-                        if printer.show(message.body, message.headers):
+                        if printer.show(records):
                             return
                 except MessageQueueNotFound:
                     pass
@@ -278,6 +288,24 @@ def watch(
             return
 
 
+def _records_decoder(headers: dict[str, Any]) -> Any:
+    """The watch's decoder for a message with these headers: body -> its records."""
+    return lambda body: result_records(deserialize_model_result(body), headers)
+
+
+def _stderr_logger(name: str) -> logging.Logger:
+    """A logger that prints its warnings on stderr as bare lines, whatever the CLI's log level
+    (logging is silenced below CRITICAL unless HTMENGINE_LOG_LEVEL says otherwise)."""
+    log = logging.getLogger(name)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+    return log
+
+
 def _bind_private_queue(bus: Any, exchange: str, queue: str) -> None:
     bus.declare_exchange(exchange, "fanout", durable=True)
     bus.declare_queue(queue, durable=False, exclusive=True, auto_delete=True)
@@ -285,7 +313,7 @@ def _bind_private_queue(bus: Any, exchange: str, queue: str) -> None:
 
 
 class _ResultPrinter:
-    """Prints the records of results-exchange messages; knows when `count` scores were shown."""
+    """Prints results-exchange records; knows when `count` scores were shown."""
 
     def __init__(self, metrics: set[str], count: int | None, output_format: str) -> None:
         self.metrics = metrics
@@ -293,13 +321,8 @@ class _ResultPrinter:
         self.output_format = output_format
         self.scores_shown = 0
 
-    def show(self, body: bytes, headers: dict[str, Any]) -> bool:
+    def show(self, records: list[dict[str, Any]]) -> bool:
         """Print one message's records; True once `count` scored rows have been printed."""
-        try:
-            records = result_records(deserialize_model_result(body), headers)
-        except (UndecodableMessage, KeyError, TypeError, AttributeError) as exc:
-            click.echo(f"skipping an undecodable message ({exc})", err=True)
-            return False
         for record in records:
             if self.metrics and record["metric"] not in self.metrics:
                 continue

@@ -205,6 +205,8 @@ class ServeReport:
     batch_seconds: list[float] = field(default_factory=list)
     # Why the serve gave its run back after a transient fault (None: it did not).
     retry: str | None = None
+    # Input messages dead-lettered because they could not be decoded, by reason.
+    rejected: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -416,6 +418,8 @@ class ModelRunner:
                     ):
                         drained = False
                         break
+            for kind, count in consumer.guard.rejected.items():
+                report.rejected[kind] = report.rejected.get(kind, 0) + count
             if run_batch_ids and not session.deleted:
                 self._checkpoint(session, run_batch_ids, run_rows, report)
                 fault_point("run.checkpointed", model_id)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import psutil
 
+from htmengine.bus import PoisonGuard
 from htmengine.config import get_model_swapper_config
 from htmengine.instrumentation import SchedulerMetrics, metrics_port, serve_metrics
 from htmengine.logging_support import setup_logging
@@ -201,13 +202,20 @@ class ModelSchedulerService:
 
     def _read_notifications(self, ready: threading.Event) -> None:
         swapper = self.swappers.get()
+        guard = PoisonGuard(_log, self._count_rejected)
         read_notifications(
-            lambda: swapper.consumeModelSchedulerNotifications(inactivity_timeout=_POLL_SEC),
+            lambda: swapper.consumeModelSchedulerNotifications(
+                inactivity_timeout=_POLL_SEC, guard=guard
+            ),
             self.controller.notify_input,
             self.shutdown.is_set,
             ready,
             on_queue_lost=self._start_discovery,
         )
+
+    def _count_rejected(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.messages_rejected.labels(kind).inc()
 
     def _start_discovery(self) -> None:
         """Backlog discovery in its own thread (at start-up and after the broker lost our queue)."""

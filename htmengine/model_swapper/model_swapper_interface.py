@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from htmengine.bus import PoisonGuard
 from htmengine.config import Config, get_model_swapper_config
 from htmengine.exceptions import MessageQueueNotFound, ModelNotFound
 from htmengine.protocol.model_swapper import (
@@ -107,13 +108,18 @@ class RequestBatch:
 
 @dataclass
 class ResultBatch:
-    """A consumed result message; call ``ack()`` once its effect is durable (committed)."""
+    """A consumed result message; call ``ack()`` once its effect is durable (committed).
+
+    `message` is the bus message it came from (for `PoisonGuard.reject` when it cannot be
+    processed).
+    """
 
     modelID: str
     objects: tuple[ResultItem, ...]
     ack: Callable[[], None] = field(default=_no_ack, repr=False, compare=False)
     nack: Callable[..., None] = field(default=_no_ack, repr=False, compare=False)
     redelivered: bool = False
+    message: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -129,7 +135,9 @@ class _Consumer:
 
     Blocking consumers run until closed; with ``inactivity_timeout`` they yield ``None`` whenever
     nothing arrived for that many seconds, so the caller can check a stop flag. Non-blocking
-    consumers (``blocking=False``) end when the queue is empty.
+    consumers (``blocking=False``) end when the queue is empty. Every message is decoded inside
+    `guard` (the bus's poison policy): one that cannot be decoded is dead-lettered and skipped
+    (`guard.rejected` counts them).
     """
 
     def __init__(
@@ -138,11 +146,13 @@ class _Consumer:
         decode: Callable[[Any], Any],
         *,
         stop_on_idle: bool,
+        guard: PoisonGuard | None = None,
     ) -> None:
         self._messages = messages
         self._decode = decode
         self._stop_on_idle = stop_on_idle
         self._closed = False
+        self.guard = guard if guard is not None else PoisonGuard(_log)
 
     def __iter__(self) -> _Consumer:
         return self
@@ -155,12 +165,9 @@ class _Consumer:
                     self.close()
                     break
                 return None
-            try:
-                return self._decode(message)
-            except WireFormatError as exc:
-                # A message no reader can understand would block its queue forever: dead-letter it.
-                _log.error("rejecting undecodable message (%s): %r", exc, bytes(message.body[:200]))
-                message.nack(requeue=False)
+            decoded = self.guard.decode(message, lambda _body, m=message: self._decode(m))
+            if decoded is not None:
+                return decoded
         raise StopIteration
 
     def close(self) -> None:
@@ -322,12 +329,17 @@ class ModelSwapperInterface:
     # --- runner side ------------------------------------------------------------------------------
 
     def consumeRequests(
-        self, modelID: str, blocking: bool = True, *, prefetch: int = 50
+        self,
+        modelID: str,
+        blocking: bool = True,
+        *,
+        prefetch: int = 50,
+        guard: PoisonGuard | None = None,
     ) -> _Consumer:
         """Iterate over the model's request batches (RequestBatch, in queue order).
 
         Non-blocking: polls with basic.get and ends when the queue is empty. Raises ModelNotFound if
-        the input queue does not exist.
+        the input queue does not exist. Undecodable messages are dead-lettered by `guard`.
         """
         queue = self.model_input_queue(modelID)
         try:
@@ -338,7 +350,9 @@ class ModelSwapperInterface:
             messages = self.bus.consume(queue, prefetch=prefetch)
         else:
             messages = _polling_messages(self.bus, queue)
-        return _Consumer(messages, _request_batch_from_message, stop_on_idle=not blocking)
+        return _Consumer(
+            messages, _request_batch_from_message, stop_on_idle=not blocking, guard=guard
+        )
 
     def submitResults(self, modelID: str, results: Sequence[ResultItem]) -> None:
         """Publish one persistent result batch (declaring the results queue if it is missing)."""
@@ -353,15 +367,19 @@ class ModelSwapperInterface:
     # --- anomaly service side ---------------------------------------------------------------------
 
     def consumeResults(
-        self, *, prefetch: int = 50, inactivity_timeout: float | None = None
+        self,
+        *,
+        prefetch: int = 50,
+        inactivity_timeout: float | None = None,
+        guard: PoisonGuard | None = None,
     ) -> _Consumer:
         """Iterate over result batches (ResultBatch) forever; ``None`` on inactivity if a timeout
-        is given."""
+        is given. Undecodable messages are dead-lettered by `guard`."""
         self.bus.declare_queue(self.results_queue, durable=True)
         messages = self.bus.consume(
             self.results_queue, prefetch=prefetch, inactivity_timeout=inactivity_timeout
         )
-        return _Consumer(messages, _result_batch_from_message, stop_on_idle=False)
+        return _Consumer(messages, _result_batch_from_message, stop_on_idle=False, guard=guard)
 
     # --- scheduler side ---------------------------------------------------------------------------
 
@@ -370,16 +388,21 @@ class ModelSwapperInterface:
         self.bus.declare_queue(self.scheduler_notification_queue, durable=False)
 
     def consumeModelSchedulerNotifications(
-        self, *, prefetch: int = 50, inactivity_timeout: float | None = None
+        self,
+        *,
+        prefetch: int = 50,
+        inactivity_timeout: float | None = None,
+        guard: PoisonGuard | None = None,
     ) -> _Consumer:
-        """Iterate over scheduler notifications (SchedulerNotification); ``None`` on inactivity."""
+        """Iterate over scheduler notifications (SchedulerNotification); ``None`` on inactivity.
+        Undecodable messages are dead-lettered by `guard`."""
         self.initSchedulerNotification()
         messages = self.bus.consume(
             self.scheduler_notification_queue,
             prefetch=prefetch,
             inactivity_timeout=inactivity_timeout,
         )
-        return _Consumer(messages, _notification_from_message, stop_on_idle=False)
+        return _Consumer(messages, _notification_from_message, stop_on_idle=False, guard=guard)
 
     # snake_case aliases for new code
     define_model = defineModel
@@ -415,6 +438,7 @@ def _result_batch_from_message(message: Any) -> ResultBatch:
         ack=message.ack,
         nack=message.nack,
         redelivered=bool(getattr(message, "redelivered", False)),
+        message=message,
     )
 
 

@@ -348,6 +348,8 @@ class SwapController:
         metrics.duplicate_batches.inc(report.get("duplicate_batches", 0))
         if report.get("retry"):
             metrics.transient_retries.inc()
+        for kind, count in report.get("rejected", {}).items():
+            metrics.messages_rejected.labels(kind).inc(count)
 
     def _pending(self, model_id: str) -> bool:
         if self._input_pending is None:

@@ -26,8 +26,20 @@ TOO_LARGE = "too_large"
 BAD_SHAPE = "bad_shape"
 # The decoder itself failed in an unforeseen way (still the message's fault: decoders are pure).
 UNDECODABLE = "undecodable"
+# A decoded message its consumer could not process for a reason other than the database or the
+# broker (a value it cannot handle): moved aside rather than redelivered forever.
+PROCESSING_FAILED = "processing_failed"
 
-REJECT_KINDS = (NOT_UTF8, NOT_JSON, TOO_DEEP, NUMBER_TOO_LONG, TOO_LARGE, BAD_SHAPE, UNDECODABLE)
+REJECT_KINDS = (
+    NOT_UTF8,
+    NOT_JSON,
+    TOO_DEEP,
+    NUMBER_TOO_LONG,
+    TOO_LARGE,
+    BAD_SHAPE,
+    UNDECODABLE,
+    PROCESSING_FAILED,
+)
 
 
 class UndecodableMessage(ValueError):

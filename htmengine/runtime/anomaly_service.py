@@ -38,7 +38,7 @@ from pika.exceptions import AMQPError
 from sqlalchemy.engine import Connection, Row
 
 from htmengine import exceptions
-from htmengine.bus import MessageBus, MessageBusError, rejected_queue_name
+from htmengine.bus import MessageBus, MessageBusError, PoisonGuard
 from htmengine.config import get_app_config
 from htmengine.htm.params import DEFAULT_VERSION
 from htmengine.instrumentation import (
@@ -52,8 +52,8 @@ from htmengine.model_swapper.model_swapper_interface import (
     ModelInferenceResult,
     ModelSwapperInterface,
     ResultBatch,
-    encode_result_message,
 )
+from htmengine.protocol.errors import PROCESSING_FAILED, UndecodableMessage
 from htmengine.protocol.results import (
     COMMAND_RESULT_HEADERS,
     deserialize_model_result,
@@ -112,6 +112,9 @@ class AnomalyService:
         self.engine = engine if engine is not None else get_engine()
         self._stop = threading.Event()
         self._failures = RateLimitedLogger(LOGGER)
+        self.guard = PoisonGuard(
+            LOGGER, lambda kind: self.metrics.messages_rejected.labels(kind).inc()
+        )
 
     # -- consuming -------------------------------------------------------------------------------
 
@@ -124,7 +127,7 @@ class AnomalyService:
             self.results_exchange,
         )
         with self.swapper.consumeResults(
-            prefetch=PREFETCH, inactivity_timeout=IDLE_CHECK_SEC
+            prefetch=PREFETCH, inactivity_timeout=IDLE_CHECK_SEC, guard=self.guard
         ) as consumer:
             for batch in consumer:
                 if batch is not None:
@@ -139,10 +142,10 @@ class AnomalyService:
     def handle_batch(self, batch: ResultBatch) -> None:
         """Process one result batch, publish what it produced, then ack it.
 
-        A batch that fails for a reason other than the database or the broker (a bug, a malformed
-        result) is moved to ``<results_queue>.rejected`` so it cannot block the queue; database
-        and broker errors are retried and, if they persist, end the process (supervisord restarts
-        it and the broker redelivers the batch).
+        A batch that fails for a reason other than the database or the broker (a bug, a value it
+        cannot handle) is moved to ``<results_queue>.rejected`` by the poison guard, so it cannot
+        block the queue; database and broker errors are retried and, if they persist, end the
+        process (supervisord restarts it and the broker redelivers the batch).
         """
         started = time.monotonic()
         self.metrics.batches_received.inc()
@@ -152,26 +155,14 @@ class AnomalyService:
             raise
         except Exception as exc:
             LOGGER.exception("result batch of model %s cannot be processed", batch.modelID)
-            self._reject(batch, repr(exc))
-            self.metrics.batches_rejected.labels("undecodable").inc()
+            reason = f"cannot be processed: {type(exc).__name__}: {str(exc)[:500]}"
+            self.guard.reject(batch.message, UndecodableMessage(reason, PROCESSING_FAILED))
             return
         for body, headers in publications:
             self.bus.publish_exchange(self.results_exchange, body, headers=headers)
             self.metrics.results_published.inc()
         batch.ack()
         self.metrics.scoring_seconds.observe(time.monotonic() - started)
-
-    def _reject(self, batch: ResultBatch, reason: str) -> None:
-        queue = rejected_queue_name(self.swapper.results_queue)
-        self.bus.declare_queue(queue, durable=True)
-        headers = {
-            "x-rejected-reason": reason[:4000],
-            "x-rejected-from": self.swapper.results_queue,
-        }
-        self.bus.publish(
-            queue, encode_result_message(batch.modelID, batch.objects), headers=headers
-        )
-        batch.ack()
 
     # -- processing ------------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 Consumes ``[metric_listener] queue_name`` with prefetch and stores many messages per transaction:
 
-1. each message is checked: JSON object, ``protocol`` "plain", ``data`` a list of strings. One that
-   is not goes, unchanged, to the dead-letter queue ``<queue>.rejected`` (header ``x-rejected-reason``)
-   and is acked; its neighbours are not affected;
+1. each message is decoded inside the bus's poison guard: UTF-8 JSON object, ``protocol`` "plain",
+   ``data`` a list of strings. One that is not (or whose decoding fails in any way) goes,
+   unchanged, to the dead-letter queue ``<queue>.rejected`` (header ``x-rejected-reason``) and is
+   acked at once; its neighbours are not affected;
 2. lines that fail to parse inside a good message are counted and skipped;
 3. samples are grouped by metric name (message order kept); unknown names become UNMONITORED custom
    metrics (race-safe across storer processes, under the ``metrics`` lock row);
@@ -44,12 +45,11 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from htmengine.bus import Message, MessageBus, rejected_queue_name
+from htmengine.bus import Message, MessageBus, PoisonGuard, rejected_queue_name
 from htmengine.config import ConfigError, get_app_config, get_rabbitmq_config
 from htmengine.instrumentation import StorerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger, setup_logging
 from htmengine.protocol.data_queue import decode_data_message
-from htmengine.protocol.errors import UndecodableMessage
 from htmengine.repository import MetricStatus, get_engine
 from htmengine.repository.retry import retry_on_transient_db_errors
 from htmengine.runtime.metric_streamer import (
@@ -61,10 +61,9 @@ from htmengine.runtime.metric_streamer import (
     stored_rows_at,
 )
 from htmengine.runtime.model_input_forwarder import ModelInputForwarder
-from htmengine.runtime.plaintext_protocol import parse_samples
+from htmengine.runtime.plaintext_protocol import ParsedLines, parse_samples
 
 SERVICE_NAME = "metric_storer"
-REJECTED_REASON_HEADER = "x-rejected-reason"
 # Seconds without a new message after which the pending ones are stored.
 IDLE_FLUSH_SEC = 0.05
 # Pending messages are stored at the latest this many seconds after the first arrived.
@@ -76,6 +75,11 @@ MAX_CACHED_METRICS = 100_000
 
 # Hook that hands stored rows, (rowid, timestamp, value) in rowid order, of one metric to its model.
 RowsForwarder = Callable[[str, list[tuple[int, datetime.datetime, float]]], None]
+
+
+def _parse_message(body: bytes) -> ParsedLines:
+    """A data-queue message's lines, parsed (the poison guard's decoder)."""
+    return parse_samples(decode_data_message(body))
 
 
 def partition_by_size(
@@ -141,6 +145,7 @@ class MetricStorer:
         self.metrics = metrics
         self.log = log
         self.warn = RateLimitedLogger(log, interval=10.0)
+        self.guard = PoisonGuard(log, lambda kind: metrics.messages_rejected.labels(kind).inc())
         self.uid_cache: dict[str, str] = {}
         self.stopping = threading.Event()
         # Stored rows handed to models again for redelivered messages (logs and tests).
@@ -202,18 +207,16 @@ class MetricStorer:
 
     def prepare(self, messages: list[Message]) -> PreparedBatch:
         """Decode and parse a batch; unusable messages go to the dead-letter queue."""
-        batch = PreparedBatch(messages, {}, BatchOutcome(messages=len(messages)))
+        batch = PreparedBatch([], {}, BatchOutcome(messages=len(messages)))
         outcome = batch.outcome
         samples_by_name = batch.samples_by_name
         self.metrics.messages_received.inc(len(messages))
         for message in messages:
-            try:
-                lines = decode_data_message(message.body)
-            except UndecodableMessage as exc:
-                self._dead_letter(message, exc.reason, exc.kind)
+            parsed = self.guard.decode(message, _parse_message)
+            if parsed is None:  # dead-lettered and acked
                 outcome.rejected += 1
                 continue
-            parsed = parse_samples(lines)
+            batch.messages.append(message)
             if parsed.bad_count:
                 outcome.bad_lines += parsed.bad_count
                 self.metrics.lines_bad.inc(parsed.bad_count)
@@ -272,19 +275,6 @@ class MetricStorer:
                 self.rows_reforwarded += len(rows)
                 self.log.info("re-forwarding %d stored row(s) of metric %s", len(rows), uid)
                 self.on_rows_reforwarded(uid, rows)
-
-    def _dead_letter(self, message: Message, reason: str, kind: str) -> None:
-        self.metrics.messages_rejected.labels(kind).inc()
-        self.warn.warning(
-            "dead-letter",
-            "moved a message to %s (%s): %r",
-            self.rejected_queue,
-            reason,
-            message.body[:200],
-        )
-        headers = dict(message.headers)
-        headers[REJECTED_REASON_HEADER] = reason
-        self.bus.publish(self.rejected_queue, message.body, headers=headers)
 
     def _store(self, samples_by_name: dict[str, list[Sample]]) -> list[StoredRows]:
         """Store a batch: its metrics split over `connections` transactions run side by side.

@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -111,10 +112,20 @@ def suite(app: TestApp) -> Iterator[Supervisor]:
     """supervisord running every service, for the rest of this module once started."""
     supervisor = Supervisor(app)
     supervisor.start()
+    # RUNNING means up for startsecs; on a loaded machine the listener may not be bound yet.
+    wait_for(lambda: _accepts(app.ports["plaintext"]), 60, "the listener's TCP port")
     try:
         yield supervisor
     finally:
         supervisor.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 # -- database-only commands ---------------------------------------------------------------------
@@ -587,7 +598,13 @@ def test_watch_prints_results_from_the_exchange_in_a_subprocess(app: TestApp) ->
         "2014-04-01 00:00:00  cpu  rowid=7  value=12.5  anomaly=0.500000  raw=0.2500",
         "2014-04-01 00:05:00  cpu  rowid=8  value=13  anomaly=0.999999  raw=1.0000",
     ]
-    assert "skipping an undecodable message" in err
+    assert "dead-lettered a message (not_json: not zlib-compressed)" in err
+    with MessageBus() as bus:
+        dead = bus.get(app.results_exchange + ".watch.rejected")
+        assert dead is not None and dead.body == b"not zlib"
+        assert dead.headers["x-rejected-kind"] == "not_json"
+        dead.ack()
+        bus.delete_queue(app.results_exchange + ".watch.rejected")
 
 
 def test_watch_stops_after_timeout_and_leaves_no_queue(app: TestApp) -> None:

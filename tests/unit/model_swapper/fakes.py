@@ -22,6 +22,7 @@ class FakeMessage:
     seq: int = 0
     bus: FakeBus | None = field(default=None, repr=False)
     queue: str = ""
+    dead_lettered: list = field(default_factory=list)
 
     def ack(self, *, multiple: bool = False) -> bool:
         self.acked = True
@@ -31,6 +32,14 @@ class FakeMessage:
         self.nacked.append(requeue)
         if requeue and self.bus is not None:
             self.bus.requeue(self.queue, self)
+
+    def dead_letter(
+        self, reason: str, kind: str | None = None, *, queue: str | None = None
+    ) -> bool:
+        """What MessageBus.dead_letter does, as far as the consumer can tell: recorded and acked."""
+        self.dead_lettered.append((reason, kind, queue))
+        self.acked = True
+        return True
 
 
 class FakeBus:

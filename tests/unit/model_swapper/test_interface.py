@@ -77,18 +77,39 @@ def test_results_queue_is_declared_on_first_submit(swapper) -> None:
     assert len(swapper.bus.queues["app.results"]) == 1
 
 
-def test_non_blocking_request_consumer_drains_and_rejects_garbage(swapper) -> None:
+def test_non_blocking_request_consumer_drains_and_dead_letters_garbage(swapper) -> None:
     bus = swapper.bus
     bus.declare_queue("app.input.m1")
-    bus.queues["app.input.m1"].append(FakeMessage(b"garbage without header"))
+    poison = [
+        b"garbage without header",
+        b"b1\n" + b"[" * 100_000,
+        b"b1\n\xff\xfe",
+        b'b1\n[["i", "7", [[0, 0], 1.5], [0]]]',
+        b"b1\n[" + b"9" * 5000 + b"]",
+    ]
+    for body in poison:
+        bus.queues["app.input.m1"].append(FakeMessage(body))
     bus.queues["app.input.m1"].append(
         FakeMessage(encode_request_message("b2", [ModelInputRow(5, [2.0])]))
     )
-    garbage = bus.queues["app.input.m1"][0]
+    rejected = list(bus.queues["app.input.m1"][: len(poison)])
     with swapper.consumeRequests("m1", blocking=False) as consumer:
         batches = list(consumer)
     assert [b.batchID for b in batches] == ["b2"]
-    assert garbage.nacked == [False]
+    assert [m.dead_lettered[0][1] for m in rejected] == [
+        "bad_shape",
+        "too_deep",
+        "not_utf8",
+        "bad_shape",
+        "number_too_long",
+    ]
+    assert all(m.acked for m in rejected)
+    assert consumer.guard.rejected == {
+        "bad_shape": 2,
+        "too_deep": 1,
+        "not_utf8": 1,
+        "number_too_long": 1,
+    }
     batches[0].ack()
     with pytest.raises(ModelNotFound):
         swapper.consumeRequests("missing", blocking=False)
