@@ -101,6 +101,22 @@ def rejected_queue_name(queue: str) -> str:
     return queue + REJECTED_QUEUE_SUFFIX
 
 
+def connection_parameters(config: Config | None = None) -> pika.ConnectionParameters:
+    """The broker connection of rabbitmq.conf (ConfigError for a missing or bad key)."""
+    config = config if config is not None else get_rabbitmq_config()
+    return pika.ConnectionParameters(
+        host=config.get("connection", "host"),
+        port=config.getint("connection", "port"),
+        virtual_host=config.get("connection", "virtual_host"),
+        credentials=pika.PlainCredentials(
+            config.get("credentials", "user"), config.get("credentials", "password")
+        ),
+        heartbeat=HEARTBEAT_SEC,
+        blocked_connection_timeout=BLOCKED_CONNECTION_TIMEOUT_SEC,
+        connection_attempts=1,
+    )
+
+
 def _is_connection_failure(exc: BaseException) -> bool:
     """True for failures a new connection can cure (broker restart, lost socket)."""
     if isinstance(exc, _PERMANENT_CONNECTION_ERRORS):
@@ -167,18 +183,7 @@ class MessageBus:
         *,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_SEC,
     ) -> None:
-        config = config if config is not None else get_rabbitmq_config()
-        self._parameters = pika.ConnectionParameters(
-            host=config.get("connection", "host"),
-            port=config.getint("connection", "port"),
-            virtual_host=config.get("connection", "virtual_host"),
-            credentials=pika.PlainCredentials(
-                config.get("credentials", "user"), config.get("credentials", "password")
-            ),
-            heartbeat=HEARTBEAT_SEC,
-            blocked_connection_timeout=BLOCKED_CONNECTION_TIMEOUT_SEC,
-            connection_attempts=1,
-        )
+        self._parameters = connection_parameters(config)
         self.reconnect_timeout = reconnect_timeout
         self._connection: pika.BlockingConnection | None = None
         self._publish_channel: BlockingChannel | None = None

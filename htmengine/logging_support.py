@@ -10,6 +10,11 @@ import time
 _FORMAT = "%(asctime)s - %(name)s(%(process)d) - %(levelname)s - %(message)s"
 
 
+def service_logger(service_name: str) -> logging.Logger:
+    """The logger of a service (its supervisord program name): ``htmengine.<name>``."""
+    return logging.getLogger(f"htmengine.{service_name}")
+
+
 def setup_logging(service_name: str, level: str | None = None) -> logging.Logger:
     """Configure the root logger once and return the service's logger.
 
@@ -23,7 +28,7 @@ def setup_logging(service_name: str, level: str | None = None) -> logging.Logger
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("HTMENGINE_LOG_LEVEL") or "INFO").upper())
     logging.getLogger("pika").setLevel(logging.WARNING)
-    return logging.getLogger(f"htmengine.{service_name}")
+    return service_logger(service_name)
 
 
 class RateLimitedLogger:

@@ -21,7 +21,6 @@ An unexpected error in the controller ends the process with exit code 1 (supervi
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import select
 import signal
@@ -31,11 +30,12 @@ from collections.abc import Callable
 
 import psutil
 
-from htmengine.bus import PoisonGuard
+from htmengine.boot import ServiceBoot, run_service
+from htmengine.bus import PoisonGuard, connection_parameters
 from htmengine.config import get_model_swapper_config
-from htmengine.instrumentation import SchedulerMetrics, metrics_port, serve_metrics
-from htmengine.logging_support import setup_logging
-from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
+from htmengine.instrumentation import SchedulerMetrics
+from htmengine.logging_support import service_logger
+from htmengine.model_swapper.checkpoint_mgr import CheckpointManager, checkpoint_root
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
 from htmengine.model_swapper.slot_agent import WorkerSettings
 from htmengine.model_swapper.swap_controller import (
@@ -43,8 +43,10 @@ from htmengine.model_swapper.swap_controller import (
     discover_backlog,
     read_notifications,
 )
+from htmengine.repository import build_url
 
-_log = logging.getLogger("htmengine.model_swapper.model_scheduler_service")
+SERVICE_NAME = "model_scheduler"
+_log = service_logger(SERVICE_NAME)
 
 _GIB = 1 << 30
 # Seconds the notification reader gets to declare its queue before backlog discovery starts.
@@ -264,26 +266,34 @@ def _serve_until_signalled(service: ModelSchedulerService) -> int | None:
     return received
 
 
+def run_process(boot: ServiceBoot, concurrency_option: int | None = None) -> int:
+    """Run the scheduler until SIGINT/SIGTERM; SIGHUP restarts it in-process."""
+    concurrency = configured_concurrency(concurrency_option)
+    # Every file the threads read later, now: a broken one is a config error, not a crash.
+    build_url()
+    connection_parameters()
+    checkpoint_root()
+    metrics = SchedulerMetrics()
+    boot.serve_metrics(metrics.registry)
+    while True:
+        service = ModelSchedulerService(concurrency, metrics=metrics)
+        received = _serve_until_signalled(service)
+        if service.error is not None:
+            boot.log.error("model scheduler failed: %r", service.error)
+            return 1
+        if received != signal.SIGHUP:
+            boot.log.info("model scheduler stopped")
+            return 0
+        boot.log.info("SIGHUP: restarting the model scheduler in-process")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--concurrency", type=int, default=None, help="number of slot worker processes"
     )
     args = parser.parse_args(argv)
-    log = setup_logging("model_scheduler")
-    concurrency = configured_concurrency(args.concurrency)
-    metrics = SchedulerMetrics()
-    serve_metrics(metrics.registry, metrics_port("model_scheduler"))
-    while True:
-        service = ModelSchedulerService(concurrency, metrics=metrics)
-        received = _serve_until_signalled(service)
-        if service.error is not None:
-            log.error("model scheduler failed: %r", service.error)
-            return 1
-        if received != signal.SIGHUP:
-            log.info("model scheduler stopped")
-            return 0
-        log.info("SIGHUP: restarting the model scheduler in-process")
+    return run_service(SERVICE_NAME, lambda boot: run_process(boot, args.concurrency))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -38,15 +37,12 @@ from pika.exceptions import AMQPError
 from sqlalchemy.engine import Connection, Row
 
 from htmengine import exceptions
+from htmengine.boot import ServiceBoot, run_service
 from htmengine.bus import MessageBus, MessageBusError, PoisonGuard
 from htmengine.config import get_app_config
 from htmengine.htm.params import DEFAULT_VERSION
-from htmengine.instrumentation import (
-    AnomalyServiceMetrics,
-    metrics_port,
-    serve_metrics,
-)
-from htmengine.logging_support import RateLimitedLogger, setup_logging
+from htmengine.instrumentation import AnomalyServiceMetrics
+from htmengine.logging_support import RateLimitedLogger, service_logger
 from htmengine.model_swapper.model_swapper_interface import (
     ModelCommandResult,
     ModelInferenceResult,
@@ -74,7 +70,8 @@ from htmengine.runtime.scalar_metric_utils import MODEL_START_KEY, read_rows
 
 __all__ = ["AnomalyService", "deserialize_model_result", "main", "serialize_model_result"]
 
-LOGGER = logging.getLogger("htmengine.anomaly_service")
+SERVICE_NAME = "anomaly_service"
+LOGGER = service_logger(SERVICE_NAME)
 
 # Key of the likelihood state inside metric.model_params.
 LIKELIHOOD_PARAMS_KEY = "anomalyLikelihoodParams"
@@ -479,27 +476,25 @@ def _published_metric(row: Row) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m htmengine.runtime.anomaly_service``."""
-    parser = argparse.ArgumentParser(description="htmengine anomaly service")
-    parser.parse_args(argv)
-    setup_logging("anomaly_service")
+def run_process(boot: ServiceBoot) -> None:
+    """Score result batches until SIGTERM/SIGINT (the current batch is finished first)."""
     config = get_app_config()
+    exchange = config.get("metric_streamer", "results_exchange_name")
+    helper = AnomalyLikelihoodHelper.from_config(config)
+    chunk_size = configured_chunk_size(config)
     metrics = AnomalyServiceMetrics()
-    serve_metrics(metrics.registry, metrics_port("anomaly_service"))
     with MessageBus() as bus, ModelSwapperInterface(bus=bus) as swapper:
-        service = AnomalyService(
-            bus,
-            swapper,
-            config.get("metric_streamer", "results_exchange_name"),
-            AnomalyLikelihoodHelper.from_config(config),
-            configured_chunk_size(config),
-            metrics=metrics,
-        )
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: service.stop())
+        service = AnomalyService(bus, swapper, exchange, helper, chunk_size, metrics=metrics)
+        boot.serve_metrics(metrics.registry)
+        boot.on_stop(service.stop)
         service.run()
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m htmengine.runtime.anomaly_service``."""
+    argparse.ArgumentParser(description="htmengine anomaly service").parse_args(argv)
+    return run_service(SERVICE_NAME, run_process)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

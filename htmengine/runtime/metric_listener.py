@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import pika.exceptions
 
-from htmengine.bus import MessageBus, MessageBusError
+from htmengine.boot import ServiceBoot, run_service
+from htmengine.bus import MessageBus, MessageBusError, connection_parameters
 from htmengine.config import Config, ConfigError, get_app_config, get_rabbitmq_config
 from htmengine.exceptions import MessageQueueNotFound
 from htmengine.instrumentation import ListenerMetrics, serve_metrics
-from htmengine.logging_support import RateLimitedLogger, setup_logging
+from htmengine.logging_support import RateLimitedLogger
 from htmengine.protocol.data_queue import encode_data_message
 from htmengine.runtime.plaintext_protocol import LINE_TOO_LONG, LineBatcher, normalize_lines
 
@@ -498,21 +499,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    log = setup_logging(SERVICE_NAME)
-    try:
-        settings = ListenerSettings.from_config(get_app_config(), args)
-        rabbitmq_config = get_rabbitmq_config()
-    except ConfigError as exc:
-        print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
-        return 2
+def run_process(boot: ServiceBoot, args: argparse.Namespace) -> None:
+    """Listen until SIGTERM/SIGINT, then publish what was accepted."""
+    settings = ListenerSettings.from_config(get_app_config(), args)
+    rabbitmq_config = get_rabbitmq_config()
+    connection_parameters(rabbitmq_config)  # a bad key is a config error now, not in the publisher
 
     def connect() -> MessageBus:
         return MessageBus(rabbitmq_config, reconnect_timeout=PUBLISH_RETRY_SEC)
 
-    asyncio.run(serve(settings, connect, log))
-    return 0
+    asyncio.run(serve(settings, connect, boot.log))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_service(SERVICE_NAME, lambda boot: run_process(boot, args))
 
 
 if __name__ == "__main__":

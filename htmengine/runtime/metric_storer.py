@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import signal
 import sys
 import threading
 import time
@@ -45,10 +44,11 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from htmengine.boot import ServiceBoot, run_service
 from htmengine.bus import Message, MessageBus, PoisonGuard, rejected_queue_name
 from htmengine.config import ConfigError, get_app_config, get_rabbitmq_config
-from htmengine.instrumentation import StorerMetrics, serve_metrics
-from htmengine.logging_support import RateLimitedLogger, setup_logging
+from htmengine.instrumentation import StorerMetrics
+from htmengine.logging_support import RateLimitedLogger, service_logger
 from htmengine.protocol.data_queue import decode_data_message
 from htmengine.repository import MetricStatus, get_engine
 from htmengine.repository.retry import retry_on_transient_db_errors
@@ -367,54 +367,42 @@ class MetricStorer:
 def build_storer(
     on_rows_stored: Callable[[list[StoredRows]], None] | None = None,
     on_rows_reforwarded: RowsForwarder | None = None,
-) -> tuple[MetricStorer, int]:
-    """A storer wired to the configured database, broker and queue; and its metrics port."""
+) -> MetricStorer:
+    """A storer wired to the configured database, broker and queue."""
     config = get_app_config()
     queue_name = config.get("metric_listener", "queue_name")
     prefetch = config.getint("metric_storer", "prefetch")
     connections = config.getint("metric_storer", "connections")
-    metrics_port = config.getint("metric_storer", "metrics_port")
     for key, value in (("prefetch", prefetch), ("connections", connections)):
         if value < 1:
             raise ConfigError(f"{config.path}: [metric_storer] {key} must be >= 1")
-    bus = MessageBus(get_rabbitmq_config())
-    engine = get_engine(config)
-    log = logging.getLogger(f"htmengine.{SERVICE_NAME}")
-    storer = MetricStorer(
-        engine,
-        bus,
+    return MetricStorer(
+        get_engine(config),
+        MessageBus(get_rabbitmq_config()),
         queue_name,
         prefetch,
         connections,
         MetricStreamer(on_rows_stored),
         StorerMetrics(),
-        log,
+        service_logger(SERVICE_NAME),
         on_rows_reforwarded,
     )
-    return storer, metrics_port
 
 
-def main() -> int:
-    log = setup_logging(SERVICE_NAME)
-    try:
-        forwarder = ModelInputForwarder.from_config()
-        storer, metrics_port = build_storer(forwarder, forwarder.forward_rows)
-    except ConfigError as exc:
-        print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
-        return 2
-    serve_metrics(storer.metrics.registry, metrics_port)
-
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping after the current batch", signum)
-        storer.stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+def run_process(boot: ServiceBoot) -> None:
+    """Store until SIGTERM/SIGINT (the current batch is finished first)."""
+    forwarder = ModelInputForwarder.from_config()
+    storer = build_storer(forwarder, forwarder.forward_rows)
+    boot.serve_metrics(storer.metrics.registry)
+    boot.on_stop(storer.stopping.set)
     try:
         storer.run()
     finally:
         storer.bus.close()
-    return 0
+
+
+def main() -> int:
+    return run_service(SERVICE_NAME, run_process)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A broken configuration stops the ingestion services with one clear message and exit code 2."""
+"""A broken configuration stops every service with one clear message and exit code 2 (the one boot
+of htmengine.boot), before it connects to anything."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ["htmengine.runtime.metric_listener", "htmengine.runtime.metric_storer"]
+# The module paths supervisord runs.
+SERVICES = [
+    "htmengine.runtime.metric_listener",
+    "htmengine.runtime.metric_storer",
+    "htmengine.model_swapper.model_scheduler_service",
+    "htmengine.runtime.anomaly_service",
+]
 
 
 def run_service(module: str, env_changes: dict[str, str | None]) -> subprocess.CompletedProcess:
@@ -65,9 +72,22 @@ def test_missing_config_file(module: str, conf_dir: Path) -> None:
     [
         (SERVICES[0], "_NTA_UTILS_CONFIG__APPLICATION__METRIC_LISTENER__BATCH_MAX_LINES"),
         (SERVICES[1], "_NTA_UTILS_CONFIG__APPLICATION__METRIC_STORER__PREFETCH"),
+        (SERVICES[2], "_NTA_UTILS_CONFIG__MODEL_SWAPPER__MODEL_SCHEDULER__CONCURRENCY"),
+        (SERVICES[3], "_NTA_UTILS_CONFIG__APPLICATION__METRIC_STREAMER__CHUNK_SIZE"),
+        (SERVICES[1], "_NTA_UTILS_CONFIG__APPLICATION__METRIC_STORER__METRICS_PORT"),
+        (SERVICES[2], "_NTA_UTILS_CONFIG__RABBITMQ__CONNECTION__PORT"),
+        (SERVICES[3], "_NTA_UTILS_CONFIG__APPLICATION__ANOMALY_SERVICE__METRICS_PORT"),
     ],
 )
 def test_bad_value(module: str, option: str, conf_dir: Path) -> None:
     result = run_service(module, {"APPLICATION_CONFIG_PATH": str(conf_dir), option: "lots"})
     key = option.rsplit("__", 1)[1].lower()
     assert_one_clear_error(result, key, "'lots'")
+
+
+@pytest.mark.parametrize("module", SERVICES)
+def test_missing_key(module: str, conf_dir: Path) -> None:
+    path = conf_dir / "rabbitmq.conf"
+    path.write_text(path.read_text().replace("virtual_host", "virtual_hostname"))
+    result = run_service(module, {"APPLICATION_CONFIG_PATH": str(conf_dir)})
+    assert_one_clear_error(result, "rabbitmq.conf", "virtual_host")
