@@ -164,7 +164,7 @@ class _ConsumerLost(Exception):
 
 
 @dataclass(eq=False)
-class _Consumer:
+class _Subscription:
     """Bookkeeping of one basic.consume on the consume channel."""
 
     queue: str
@@ -189,7 +189,7 @@ class MessageBus:
         self._publish_channel: BlockingChannel | None = None
         self._batch_channel: BlockingChannel | None = None
         self._consume_channel: BlockingChannel | None = None
-        self._consumers: dict[str, _Consumer] = {}  # active consumers of the consume channel
+        self._consumers: dict[str, _Subscription] = {}  # active consumers of the consume channel
         self._returned: list[bytes] = []
         self._closed = False
 
@@ -574,9 +574,9 @@ class MessageBus:
 
         return self._retrying(fetch, f"get from {queue}")
 
-    def _start_consumer(self, queue: str, prefetch: int) -> _Consumer:
+    def _start_consumer(self, queue: str, prefetch: int) -> _Subscription:
         channel = self._consume_ch()
-        consumer = _Consumer(queue=queue, channel=channel)
+        consumer = _Subscription(queue=queue, channel=channel)
 
         def on_message(ch, method, properties, body) -> None:
             consumer.pending.append(self._message(ch, queue, method, properties, body))
@@ -589,7 +589,7 @@ class MessageBus:
         self._consumers[consumer.tag] = consumer
         return consumer
 
-    def _stop_consumer(self, consumer: _Consumer) -> None:
+    def _stop_consumer(self, consumer: _Subscription) -> None:
         """Cancel a consumer on a live channel; prefetched, unyielded messages go back."""
         channel = consumer.channel
         if channel is not self._consume_channel:
@@ -608,7 +608,7 @@ class MessageBus:
             LOGGER.debug("ignoring error while cancelling consumer on %s: %r", consumer.queue, exc)
 
     def _deliveries(
-        self, consumer: _Consumer, inactivity_timeout: float | None
+        self, consumer: _Subscription, inactivity_timeout: float | None
     ) -> Iterator[Message | None]:
         connection = consumer.channel.connection
         while True:
@@ -633,7 +633,7 @@ class MessageBus:
             if not consumer.pending and not consumer.cancelled_by_broker:
                 yield None
 
-    def _raise_if_consumer_lost(self, consumer: _Consumer) -> None:
+    def _raise_if_consumer_lost(self, consumer: _Subscription) -> None:
         if consumer.channel is not self._consume_channel or not consumer.channel.is_open:
             raise _ConsumerLost(f"the consume channel of {consumer.queue} was closed")
 

@@ -59,6 +59,7 @@ from htmengine.protocol.model_swapper import (
 )
 
 __all__ = [
+    "DecodingConsumer",
     "ModelCommand",
     "ModelCommandResult",
     "ModelInferenceResult",
@@ -130,7 +131,7 @@ class SchedulerNotification:
     ack: Callable[[], None] = field(default=_no_ack, repr=False, compare=False)
 
 
-class _Consumer:
+class DecodingConsumer:
     """An iterator over decoded messages of one queue; a context manager that closes the consumer.
 
     Blocking consumers run until closed; with ``inactivity_timeout`` they yield ``None`` whenever
@@ -154,7 +155,7 @@ class _Consumer:
         self._closed = False
         self.guard = guard if guard is not None else PoisonGuard(_log)
 
-    def __iter__(self) -> _Consumer:
+    def __iter__(self) -> DecodingConsumer:
         return self
 
     def __next__(self) -> Any:
@@ -177,7 +178,7 @@ class _Consumer:
             if close is not None:
                 close()
 
-    def __enter__(self) -> _Consumer:
+    def __enter__(self) -> DecodingConsumer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -202,7 +203,7 @@ class ModelSwapperInterface:
 
     One instance owns one broker connection (a MessageBus), so use one per process or thread; it is
     a context manager that closes the connection. Method names follow the original so apps keep
-    working; snake_case aliases exist for new code.
+    working.
     """
 
     CONFIG_SECTION = "interface_bus"
@@ -335,7 +336,7 @@ class ModelSwapperInterface:
         *,
         prefetch: int = 50,
         guard: PoisonGuard | None = None,
-    ) -> _Consumer:
+    ) -> DecodingConsumer:
         """Iterate over the model's request batches (RequestBatch, in queue order).
 
         Non-blocking: polls with basic.get and ends when the queue is empty. Raises ModelNotFound if
@@ -350,7 +351,7 @@ class ModelSwapperInterface:
             messages = self.bus.consume(queue, prefetch=prefetch)
         else:
             messages = _polling_messages(self.bus, queue)
-        return _Consumer(
+        return DecodingConsumer(
             messages, _request_batch_from_message, stop_on_idle=not blocking, guard=guard
         )
 
@@ -372,14 +373,16 @@ class ModelSwapperInterface:
         prefetch: int = 50,
         inactivity_timeout: float | None = None,
         guard: PoisonGuard | None = None,
-    ) -> _Consumer:
+    ) -> DecodingConsumer:
         """Iterate over result batches (ResultBatch) forever; ``None`` on inactivity if a timeout
         is given. Undecodable messages are dead-lettered by `guard`."""
         self.bus.declare_queue(self.results_queue, durable=True)
         messages = self.bus.consume(
             self.results_queue, prefetch=prefetch, inactivity_timeout=inactivity_timeout
         )
-        return _Consumer(messages, _result_batch_from_message, stop_on_idle=False, guard=guard)
+        return DecodingConsumer(
+            messages, _result_batch_from_message, stop_on_idle=False, guard=guard
+        )
 
     # --- scheduler side ---------------------------------------------------------------------------
 
@@ -393,7 +396,7 @@ class ModelSwapperInterface:
         prefetch: int = 50,
         inactivity_timeout: float | None = None,
         guard: PoisonGuard | None = None,
-    ) -> _Consumer:
+    ) -> DecodingConsumer:
         """Iterate over scheduler notifications (SchedulerNotification); ``None`` on inactivity.
         Undecodable messages are dead-lettered by `guard`."""
         self.initSchedulerNotification()
@@ -402,21 +405,9 @@ class ModelSwapperInterface:
             prefetch=prefetch,
             inactivity_timeout=inactivity_timeout,
         )
-        return _Consumer(messages, _notification_from_message, stop_on_idle=False, guard=guard)
-
-    # snake_case aliases for new code
-    define_model = defineModel
-    clone_model = cloneModel
-    delete_model = deleteModel
-    submit_requests = submitRequests
-    submit_results = submitResults
-    notify_scheduler = notifyScheduler
-    model_input_pending = modelInputPending
-    clean_up_after_model_deletion = cleanUpAfterModelDeletion
-    consume_requests = consumeRequests
-    consume_results = consumeResults
-    consume_model_scheduler_notifications = consumeModelSchedulerNotifications
-    init_scheduler_notification = initSchedulerNotification
+        return DecodingConsumer(
+            messages, _notification_from_message, stop_on_idle=False, guard=guard
+        )
 
 
 def _request_batch_from_message(message: Any) -> RequestBatch:

@@ -415,6 +415,21 @@ def get_last_timestamp(conn: Connection, uid: str, rowid: int) -> datetime.datet
     return conn.execute(query).scalar()
 
 
+def get_metric_data_at(
+    conn: Connection, uid: str, timestamps: Iterable[datetime.datetime]
+) -> list[Row]:
+    """A metric's rows (rowid, timestamp, metric_value) with the given timestamps, by rowid."""
+    wanted = sorted(set(timestamps))
+    if not wanted:
+        return []
+    query = (
+        sa.select(metric_data.c.rowid, metric_data.c.timestamp, metric_data.c.metric_value)
+        .where(metric_data.c.uid == uid, metric_data.c.timestamp.in_(wanted))
+        .order_by(metric_data.c.rowid)
+    )
+    return list(conn.execute(query))
+
+
 def update_metric_data_scores(conn: Connection, uid: str, updates: Sequence[ScoreUpdate]) -> int:
     """Write model outputs for many rows of one metric with a few multi-row UPDATEs.
 

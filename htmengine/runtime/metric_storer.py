@@ -53,9 +53,9 @@ from htmengine.protocol.data_queue import decode_data_message
 from htmengine.repository import MetricStatus, get_engine
 from htmengine.repository.retry import retry_on_transient_db_errors
 from htmengine.runtime.metric_streamer import (
+    DataPoint,
     MetricStreamer,
     MissingMetricsError,
-    Sample,
     StoredRows,
     ensure_custom_metrics,
     stored_rows_at,
@@ -83,10 +83,10 @@ def _parse_message(body: bytes) -> ParsedLines:
 
 
 def partition_by_size(
-    samples_by_uid: dict[str, list[Sample]], parts: int
-) -> list[dict[str, list[Sample]]]:
+    samples_by_uid: dict[str, list[DataPoint]], parts: int
+) -> list[dict[str, list[DataPoint]]]:
     """Split metrics into at most `parts` groups of about equal sample counts (largest first)."""
-    groups: list[dict[str, list[Sample]]] = [{} for _ in range(max(1, parts))]
+    groups: list[dict[str, list[DataPoint]]] = [{} for _ in range(max(1, parts))]
     sizes = [0] * len(groups)
     for uid in sorted(samples_by_uid, key=lambda u: len(samples_by_uid[u]), reverse=True):
         smallest = sizes.index(min(sizes))
@@ -111,7 +111,7 @@ class PreparedBatch:
     """Messages decoded and parsed, waiting to be stored."""
 
     messages: list[Message]
-    samples_by_name: dict[str, list[Sample]]
+    samples_by_name: dict[str, list[DataPoint]]
     outcome: BatchOutcome
     # Timestamps of the samples of redelivered messages, by metric name.
     redelivered_seconds: dict[str, set[int]] = field(default_factory=dict)
@@ -276,7 +276,7 @@ class MetricStorer:
                 self.log.info("re-forwarding %d stored row(s) of metric %s", len(rows), uid)
                 self.on_rows_reforwarded(uid, rows)
 
-    def _store(self, samples_by_name: dict[str, list[Sample]]) -> list[StoredRows]:
+    def _store(self, samples_by_name: dict[str, list[DataPoint]]) -> list[StoredRows]:
         """Store a batch: its metrics split over `connections` transactions run side by side.
 
         Each metric's samples stay in one transaction, so per-metric order holds. A group whose
@@ -295,7 +295,7 @@ class MetricStorer:
                 outcomes = [self._try_store_group(groups[0])]
             else:
                 outcomes = list(self._pool.map(self._try_store_group, groups))
-            retry: dict[str, list[Sample]] = {}
+            retry: dict[str, list[DataPoint]] = {}
             name_of = {uid: name for name, uid in uids.items()}
             for group, outcome in zip(groups, outcomes, strict=True):
                 if isinstance(outcome, MissingMetricsError):
@@ -310,7 +310,7 @@ class MetricStorer:
             remaining = retry
         raise MissingMetricsError(sorted(remaining))
 
-    def _resolve(self, samples_by_name: dict[str, list[Sample]]) -> dict[str, str]:
+    def _resolve(self, samples_by_name: dict[str, list[DataPoint]]) -> dict[str, str]:
         """uids of the batch's metric names, creating unknown metrics."""
         uids, created = ensure_custom_metrics(self.engine, samples_by_name, self.uid_cache)
         if created:
@@ -320,7 +320,7 @@ class MetricStorer:
         return uids
 
     def _try_store_group(
-        self, samples_by_uid: dict[str, list[Sample]]
+        self, samples_by_uid: dict[str, list[DataPoint]]
     ) -> list[StoredRows] | MissingMetricsError:
         try:
             return self._store_group(samples_by_uid)
@@ -328,7 +328,7 @@ class MetricStorer:
             return exc
 
     @retry_on_transient_db_errors
-    def _store_group(self, samples_by_uid: dict[str, list[Sample]]) -> list[StoredRows]:
+    def _store_group(self, samples_by_uid: dict[str, list[DataPoint]]) -> list[StoredRows]:
         """One transaction; retried on deadlocks and lost connections."""
         started = time.perf_counter()
         with self.engine.begin() as conn:

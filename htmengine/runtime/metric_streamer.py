@@ -25,12 +25,12 @@ from sqlalchemy.engine import Connection
 from htmengine.exceptions import MetricNotFound
 from htmengine.protocol.timestamps import to_datetime, to_epoch_seconds
 from htmengine.repository import DATA_ACCEPTING_STATUSES, MetricStatus, queries
-from htmengine.repository.schema import metric_data
 
 LOGGER = logging.getLogger(__name__)
 
-# A sample: (whole epoch seconds UTC, value).
-Sample = tuple[int, float]
+# One sample of a metric as the streamer stores it: (whole epoch seconds UTC, value). Not the
+# listener's parsed line (plaintext_protocol.Sample, which also carries the name).
+DataPoint = tuple[int, float]
 
 
 @dataclass
@@ -44,7 +44,7 @@ class StoredRows:
     uid: str
     status: MetricStatus
     first_rowid: int = 0
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[DataPoint] = field(default_factory=list)
     dropped_out_of_order: int = 0
     dropped_duplicate: int = 0
     dropped_metric_error: int = 0
@@ -62,12 +62,14 @@ class StoredRows:
         return self.first_rowid + len(self.samples) - 1 if self.samples else None
 
 
-def scrub(samples: Iterable[Sample], last_timestamp: int | None) -> tuple[list[Sample], int, int]:
+def scrub(
+    samples: Iterable[DataPoint], last_timestamp: int | None
+) -> tuple[list[DataPoint], int, int]:
     """Keep samples strictly newer than everything before them.
 
     Returns (accepted samples, out-of-order count, duplicate count).
     """
-    accepted: list[Sample] = []
+    accepted: list[DataPoint] = []
     out_of_order = duplicate = 0
     reference = last_timestamp
     for sample in samples:
@@ -98,7 +100,7 @@ class MetricStreamer:
         self.on_rows_stored = on_rows_stored
 
     def stream_metric_data(
-        self, conn: Connection, uid: str, samples: Sequence[Sample]
+        self, conn: Connection, uid: str, samples: Sequence[DataPoint]
     ) -> StoredRows:
         """Store one metric's samples in the caller's transaction (locks the metric row).
 
@@ -107,7 +109,7 @@ class MetricStreamer:
         return self.store_samples(conn, {uid: samples})[0]
 
     def store_samples(
-        self, conn: Connection, samples_by_uid: Mapping[str, Sequence[Sample]]
+        self, conn: Connection, samples_by_uid: Mapping[str, Sequence[DataPoint]]
     ) -> list[StoredRows]:
         """Store many metrics' samples in the caller's transaction, one result per metric.
 
@@ -163,15 +165,8 @@ def stored_rows_at(
     conn: Connection, uid: str, seconds: Iterable[int]
 ) -> list[tuple[int, datetime.datetime, float]]:
     """A metric's stored rows with the given timestamps, as (rowid, datetime, value) by rowid."""
-    timestamps = sorted({to_datetime(s) for s in seconds})
-    if not timestamps:
-        return []
-    query = (
-        sa.select(metric_data.c.rowid, metric_data.c.timestamp, metric_data.c.metric_value)
-        .where(metric_data.c.uid == uid, metric_data.c.timestamp.in_(timestamps))
-        .order_by(metric_data.c.rowid)
-    )
-    return [(row.rowid, row.timestamp, row.metric_value) for row in conn.execute(query)]
+    rows = queries.get_metric_data_at(conn, uid, (to_datetime(s) for s in seconds))
+    return [(row.rowid, row.timestamp, row.metric_value) for row in rows]
 
 
 def ensure_custom_metrics(
