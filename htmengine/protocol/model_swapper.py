@@ -53,7 +53,7 @@ class WireFormatError(UndecodableMessage):
 
 def _check_rowid(owner: str, row_id: Any) -> None:
     # A rowid is compared with the model's mark and matched with metric_data rows: an int only.
-    if not isinstance(row_id, int) or isinstance(row_id, bool):
+    if type(row_id) is not int and (not isinstance(row_id, int) or isinstance(row_id, bool)):
         raise WireFormatError(f"{owner} rowID must be an integer, got {row_id!r:.80}")
 
 
@@ -93,7 +93,8 @@ class ModelInputRow:
     TAG = "i"
 
     def __post_init__(self) -> None:
-        _check_rowid("ModelInputRow", self.rowID)
+        if type(self.rowID) is not int:  # the plain-int fast path: one row per call, 1440 a batch
+            _check_rowid("ModelInputRow", self.rowID)
         if not isinstance(self.data, (list, tuple)) or not self.data:
             raise WireFormatError(
                 f"ModelInputRow data must be a non-empty list, got {self.data!r:.200}"
