@@ -2,25 +2,8 @@
 
 Shared by the storer's forwarding and the datasource adapter (they submit requests), the model runner
 (it consumes requests and submits results) and the anomaly service (it consumes results). The wire
-format lives in `htmengine.protocol.model_swapper` and is re-exported here (old imports keep
-working); for reference, the byte layout is the original's, so messages left in a broker by either
-implementation decode in the other:
-
-* request message: ``<batchID>\\n<JSON array of item states>`` (batch id = ``uuid1().hex``);
-* result message: ``<modelID>\\n<JSON array of item states>``;
-* item state: a JSON array whose first element is a type tag:
-
-  ======  ====================  =====================================================================
-  tag     class                 remaining elements
-  ======  ====================  =====================================================================
-  mc      ModelCommand          commandID, method, args (dict or null)
-  i       ModelInputRow         rowID, data list, indexes of datetime fields in data
-  mcR     ModelCommandResult    commandID, method, status, args, errorMessage
-  iRv2    ModelInferenceResult  rowID, status, anomalyScore, errorMessage, multiStepBestPredictions
-  iR      (legacy)              rowID, status, anomalyScore, errorMessage (decoded with predictions null)
-  ======  ====================  =====================================================================
-
-  A datetime in an input row is ``[int epoch seconds, microseconds]`` (naive UTC).
+format (the original's byte layout: ``<batchID or modelID>\\n<JSON array of item states>``)
+lives in `htmengine.protocol.model_swapper` and is re-exported here, so old imports keep working.
 
 Queues (names from model-swapper.conf ``[interface_bus]``): one durable input queue per model,
 ``<model_input_queue_prefix><modelID>``; one durable results queue; one non-durable scheduler

@@ -16,7 +16,7 @@ import pytest
 from htmengine.adapters.datasource import createDatasourceAdapter
 from htmengine.bus import MessageBus
 from htmengine.config import get_app_config, get_rabbitmq_config
-from htmengine.exceptions import MessageQueueNotFound, MetricNotFound
+from htmengine.exceptions import MessageQueueNotFound
 from htmengine.htm.model import ScalarAnomalyModel
 from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
@@ -29,6 +29,7 @@ from tests.support.engine import (
     data_rows,
     insert_rows,
     metric_row,
+    metric_uid,
     scored_count,
     series,
     wait_for,
@@ -70,14 +71,6 @@ def send_lines(port: int, lines: list[str]) -> None:
 
 def lines_of(name: str, rows: list[tuple]) -> list[str]:
     return [f"{name} {value!r} {calendar.timegm(ts.utctimetuple())}" for ts, value in rows]
-
-
-def metric_uid(name: str) -> str | None:
-    with get_engine().connect() as conn:
-        try:
-            return queries.get_custom_metric_by_name(conn, name).uid
-        except MetricNotFound:
-            return None
 
 
 def row_count(uid: str) -> int:

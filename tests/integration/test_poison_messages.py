@@ -15,11 +15,10 @@ import pytest
 
 from htmengine.adapters.datasource import createDatasourceAdapter
 from htmengine.bus import MessageBus, rejected_queue_name
-from htmengine.exceptions import MetricNotFound
 from htmengine.protocol.data_queue import encode_data_message
-from htmengine.repository import MetricStatus, get_engine, queries
+from htmengine.repository import MetricStatus
 from tests.integration.test_ingestion import counter_sum, read_counters
-from tests.support.engine import metric_row, scored_count, series, wait_for
+from tests.support.engine import metric_row, metric_uid, scored_count, series, wait_for
 
 SERVICES = ["model_scheduler", "metric_storer", "anomaly_service"]
 SCORING_TIMEOUT = 900
@@ -97,14 +96,6 @@ def engine(clean_db, app, bus, supervisor_factory):
         bus.purge_queue(rejected_queue_name(queue))
     supervisor = supervisor_factory(SERVICES)
     yield supervisor
-
-
-def metric_uid(name: str) -> str | None:
-    with get_engine().connect() as conn:
-        try:
-            return queries.get_custom_metric_by_name(conn, name).uid
-        except MetricNotFound:
-            return None
 
 
 def test_every_consumer_dead_letters_poison_and_goes_on(app, bus, engine) -> None:

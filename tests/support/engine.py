@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from htmengine.bus import MessageBus
+from htmengine.exceptions import MetricNotFound
 from htmengine.model_swapper.model_swapper_interface import decode_request_message
 from htmengine.protocol.results import deserialize_model_result
 from htmengine.repository import get_engine, queries
@@ -106,6 +107,15 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def metric_uid(name: str) -> str | None:
+    """The uid of custom metric `name`, or None if there is none."""
+    with get_engine().connect() as conn:
+        try:
+            return queries.get_custom_metric_by_name(conn, name).uid
+        except MetricNotFound:
+            return None
 
 
 def scored_count(uid: str) -> int:
