@@ -229,11 +229,6 @@ class ModelSwapperInterface:
         """``<model_input_queue_prefix><modelID>``."""
         return self.model_input_queue_prefix + model_id
 
-    def model_id_from_queue(self, queue: str) -> str:
-        if not queue.startswith(self.model_input_queue_prefix):
-            raise ValueError(f"{queue!r} is not a model input queue")
-        return queue[len(self.model_input_queue_prefix) :]
-
     # --- app side ---------------------------------------------------------------------------------
 
     def defineModel(self, modelID: str, args: dict, commandID: Any) -> str:
