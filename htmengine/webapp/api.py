@@ -33,6 +33,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from htmengine.adapters.datasource.custom import export_file_data
 from htmengine.adapters.datasource.model_spec import (
     validate_custom_metric_spec,
     validate_model_spec,
@@ -277,7 +278,7 @@ def build_router(ctx: WebappContext) -> APIRouter:
         def export() -> list[dict[str, Any]]:
             with ctx.engine.connect() as conn:
                 uids = [row.uid for row in queries.get_all_models(conn, ["uid"])]
-            return [ctx.adapter().exportModel(uid) for uid in uids]
+            return [export_file_data(ctx.adapter().exportModel(uid)) for uid in uids]
 
         return JSONResponse(await blocking(export))
 
@@ -299,7 +300,8 @@ def build_router(ctx: WebappContext) -> APIRouter:
         metric = await blocking(one_metric, uid)
         if metric["status"] == MetricStatus.UNMONITORED:
             raise ApiError(409, f"metric {metric['name']!r} is not monitored: nothing to export")
-        return JSONResponse(await blocking(ctx.adapter().exportModel, uid))
+        exported = await blocking(ctx.adapter().exportModel, uid)
+        return JSONResponse(export_file_data(exported))
 
     @router.get("/_models/{uid}/data", tags=["models"], summary="A metric's rows")
     async def get_data(

@@ -19,7 +19,7 @@ from htmengine.bus import MessageBus
 from htmengine.config import Config
 from htmengine.instrumentation import ListenerMetrics
 from htmengine.logging_support import RateLimitedLogger
-from htmengine.runtime.metric_listener import encode_batch
+from htmengine.protocol.data_queue import encode_data_message
 from htmengine.runtime.plaintext_protocol import normalize_lines
 from htmengine.webapp.auth import check_request
 from htmengine.webapp.errors import ApiError
@@ -171,7 +171,7 @@ class WebappContext:
             raise ApiError(400, "no lines: send 'name value epoch-seconds' lines as the body")
         size = self.settings.batch_max_lines
         batches = [parsed.good[i : i + size] for i in range(0, len(parsed.good), size)]
-        self.publisher.publish([encode_batch(batch) for batch in batches])
+        self.publisher.publish([encode_data_message(batch) for batch in batches])
         counters.lines_published.inc(len(parsed.good))
         counters.batches_published.inc(len(batches))
         return {"result": "success", "accepted": len(parsed.good)}

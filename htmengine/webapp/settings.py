@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from htmengine.config import Config, ConfigError
+from htmengine.runtime.model_data_feeder import configured_chunk_size
 
 SECTION = "webapp"
 
@@ -55,7 +56,7 @@ class WebappSettings:
             max_line_bytes=config.getint("metric_listener", "max_line_bytes"),
             batch_max_lines=config.getint("metric_listener", "batch_max_lines"),
             results_exchange=config.get("metric_streamer", "results_exchange_name"),
-            chunk_size=config.getint("metric_streamer", "chunk_size"),
+            chunk_size=configured_chunk_size(config),
         )
         for key in ("max_body_bytes", "client_buffer_bytes", "max_line_bytes", "batch_max_lines"):
             if getattr(settings, key) < 1:
