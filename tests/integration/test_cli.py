@@ -7,7 +7,6 @@ import datetime
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -112,20 +111,10 @@ def suite(app: TestApp) -> Iterator[Supervisor]:
     """supervisord running every service, for the rest of this module once started."""
     supervisor = Supervisor(app)
     supervisor.start()
-    # RUNNING means up for startsecs; on a loaded machine the listener may not be bound yet.
-    wait_for(lambda: _accepts(app.ports["plaintext"]), 60, "the listener's TCP port")
     try:
         yield supervisor
     finally:
         supervisor.stop()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 # -- database-only commands ---------------------------------------------------------------------

@@ -265,6 +265,20 @@ class Supervisor:
             stderr=subprocess.STDOUT,
         )
         self.wait_running(timeout=timeout)
+        if self.programs is None or "metric_listener" in self.programs:
+            # RUNNING means up for startsecs; on a loaded machine the listener may not be bound yet.
+            self.wait_listening(self.app.ports["plaintext"], timeout)
+
+    def wait_listening(self, port: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nothing listens on port {port} after {timeout}s") from None
+                time.sleep(0.2)
 
     def process_info(self) -> dict[str, dict]:
         return {info["name"]: info for info in self.server.supervisor.getAllProcessInfo()}
