@@ -196,7 +196,6 @@ class AnomalyServiceMetrics:
         )
 
 
-
 class ListenerMetrics:
     """metric_listener: lines in, lines rejected at the edge, lines and batches published."""
 
@@ -270,7 +269,8 @@ class StorerMetrics:
         )
         self.lines_bad = Counter(
             "htmengine_storer_lines_bad",
-            "Lines inside good messages that failed to parse (skipped)",
+            "Lines inside good messages that failed to parse or validate (skipped), by reason",
+            ["reason"],
             registry=r,
         )
         self.samples_stored = Counter(

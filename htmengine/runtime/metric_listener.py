@@ -20,6 +20,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +31,13 @@ from htmengine.config import Config, ConfigError, get_app_config, get_rabbitmq_c
 from htmengine.exceptions import MessageQueueNotFound
 from htmengine.instrumentation import ListenerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger, setup_logging
-from htmengine.runtime.plaintext_protocol import LINE_TOO_LONG, LineBatcher, normalize_lines
+from htmengine.runtime.plaintext_protocol import (
+    LINE_TOO_LONG,
+    LineBatcher,
+    ParsedLines,
+    normalize_lines,
+    timestamp_limit,
+)
 
 SERVICE_NAME = "metric_listener"
 # Seconds a stopping listener waits for the broker to confirm what it already accepted.
@@ -56,6 +63,7 @@ class ListenerSettings:
     batch_max_lines: int
     batch_max_delay_sec: float
     max_buffered_lines: int
+    max_future_seconds: int
     metrics_port: int
 
     @classmethod
@@ -76,11 +84,14 @@ class ListenerSettings:
             batch_max_lines=config.getint(section, "batch_max_lines"),
             batch_max_delay_sec=config.getint(section, "batch_max_delay_ms") / 1000.0,
             max_buffered_lines=config.getint(section, "max_buffered_lines"),
+            max_future_seconds=config.getint(section, "max_future_seconds"),
             metrics_port=config.getint(section, "metrics_port"),
         )
         for key in ("max_line_bytes", "max_connections", "batch_max_lines", "max_buffered_lines"):
             if getattr(settings, key) < 1:
                 raise ConfigError(f"{config.path}: [{section}] {key} must be >= 1")
+        if settings.max_future_seconds < 0:
+            raise ConfigError(f"{config.path}: [{section}] max_future_seconds must be >= 0")
         return settings
 
 
@@ -239,24 +250,38 @@ class Ingest:
     # --- lines ---------------------------------------------------------------------------
 
     def accept(self, lines: list[bytes]) -> None:
-        """Validate wire lines; count the bad ones; batch the good ones."""
-        parsed = normalize_lines(lines, self.settings.max_line_bytes)
-        good = parsed.good
-        bad = parsed.bad_by_reason
-        if bad:
-            for reason, count in bad.items():
-                self.metrics.lines_rejected.labels(reason).inc(count)
-            self.bad_line_log.warning(
-                "bad-line",
-                "rejected %d bad line(s); e.g. %s",
-                parsed.bad_count,
-                parsed.bad_example,
-            )
-        self.metrics.lines_received.inc(len(good) + parsed.bad_count)
+        """Validate wire lines; count the bad ones; batch the good ones.
+
+        Never raises for any content of `lines` (each bad line is rejected alone), so any
+        receiver (TCP, UDP, HTTP) can hand it whatever it framed.
+        """
+        good = self._validate(lines)
         if good:
             for batch in self.batcher.add(good, self.loop.time()):
                 self._hand_off(batch)
             self._arm_timer()
+
+    def _validate(self, lines: list[bytes]) -> list[bytes]:
+        """The good lines, normalised; the bad ones counted by reason and logged (rate-limited)."""
+        parsed = normalize_lines(
+            lines,
+            self.settings.max_line_bytes,
+            limit=timestamp_limit(time.time(), self.settings.max_future_seconds),
+        )
+        self.metrics.lines_received.inc(len(parsed.good) + parsed.bad_count)
+        if parsed.bad_by_reason:
+            self._count_rejected(parsed)
+        return parsed.good
+
+    def _count_rejected(self, parsed: ParsedLines) -> None:
+        for reason, count in parsed.bad_by_reason.items():
+            self.metrics.lines_rejected.labels(reason).inc(count)
+        self.bad_line_log.warning(
+            "bad-line",
+            "rejected %d bad line(s); e.g. %s",
+            parsed.bad_count,
+            parsed.bad_example,
+        )
 
     def reject_overlong(self, head: bytes) -> None:
         """A line passed max_line_bytes before its newline (framing drops the rest)."""
@@ -274,11 +299,7 @@ class Ingest:
         if not self.buffer.full:
             self.accept(lines)
             return
-        parsed = normalize_lines(lines, self.settings.max_line_bytes)
-        self.metrics.lines_received.inc(len(parsed.good) + parsed.bad_count)
-        for reason, count in parsed.bad_by_reason.items():
-            self.metrics.lines_rejected.labels(reason).inc(count)
-        self.metrics.lines_dropped.inc(len(parsed.good))
+        self.metrics.lines_dropped.inc(len(self._validate(lines)))
 
     def flush(self) -> None:
         """Hand whatever is pending to the publisher (shutdown)."""

@@ -61,7 +61,11 @@ from htmengine.runtime.metric_streamer import (
     stored_rows_at,
 )
 from htmengine.runtime.model_input_forwarder import ModelInputForwarder
-from htmengine.runtime.plaintext_protocol import parse_samples
+from htmengine.runtime.plaintext_protocol import (
+    DEFAULT_MAX_FUTURE_SECONDS,
+    parse_samples,
+    timestamp_limit,
+)
 
 SERVICE_NAME = "metric_storer"
 PROTOCOL_PLAIN = "plain"
@@ -162,8 +166,11 @@ class MetricStorer:
         metrics: StorerMetrics,
         log: logging.Logger,
         on_rows_reforwarded: RowsForwarder | None = None,
+        max_future_seconds: int = DEFAULT_MAX_FUTURE_SECONDS,
     ) -> None:
         self.engine = engine
+        # The listener's future-timestamp rule, for messages published straight to the queue.
+        self.max_future_seconds = max_future_seconds
         self.on_rows_reforwarded = on_rows_reforwarded
         self.bus = bus
         self.queue_name = queue_name
@@ -241,6 +248,7 @@ class MetricStorer:
         outcome = batch.outcome
         samples_by_name = batch.samples_by_name
         self.metrics.messages_received.inc(len(messages))
+        limit = timestamp_limit(time.time(), self.max_future_seconds)
         for message in messages:
             try:
                 lines = decode_message(message.body)
@@ -248,10 +256,11 @@ class MetricStorer:
                 self._dead_letter(message, exc.reason)
                 outcome.rejected += 1
                 continue
-            parsed = parse_samples(lines)
+            parsed = parse_samples(lines, limit=limit)
             if parsed.bad_count:
                 outcome.bad_lines += parsed.bad_count
-                self.metrics.lines_bad.inc(parsed.bad_count)
+                for reason, count in parsed.bad_by_reason.items():
+                    self.metrics.lines_bad.labels(reason).inc(count)
                 self.warn.warning(
                     "bad-line",
                     "skipped %d bad line(s) in a message; e.g. %s",
@@ -427,6 +436,7 @@ def build_storer(
     prefetch = config.getint("metric_storer", "prefetch")
     connections = config.getint("metric_storer", "connections")
     metrics_port = config.getint("metric_storer", "metrics_port")
+    max_future_seconds = config.getint("metric_listener", "max_future_seconds")
     for key, value in (("prefetch", prefetch), ("connections", connections)):
         if value < 1:
             raise ConfigError(f"{config.path}: [metric_storer] {key} must be >= 1")
@@ -443,6 +453,7 @@ def build_storer(
         StorerMetrics(),
         log,
         on_rows_reforwarded,
+        max_future_seconds,
     )
     return storer, metrics_port
 

@@ -205,6 +205,7 @@ def _ingest(max_buffered_lines: int, max_connections: int = 10, idle_timeout_sec
         batch_max_delay_sec=0.05,
         max_connections=max_connections,
         idle_timeout_sec=idle_timeout_sec,
+        max_future_seconds=86400,
     )
     loop = asyncio.new_event_loop()
     buffer = OutboundBuffer(max_buffered_lines)
@@ -260,5 +261,23 @@ def test_pending_lines_leave_when_the_delay_passes() -> None:
         assert buffer.lines == 0
         loop.run_until_complete(asyncio.sleep(0.1))
         assert buffer.get(timeout=0) == [b"m 1 1"]
+    finally:
+        loop.close()
+
+
+def test_an_absurd_line_in_a_read_loses_none_of_its_neighbours() -> None:
+    """A 5,000-digit timestamp used to raise in data_received: asyncio closed the connection."""
+    ingest, buffer, loop = _ingest(max_buffered_lines=100)
+    try:
+        receiver, transport = _connect(ingest)
+        receiver.data_received(
+            b"a 1 1370000000\nhuge 1 " + b"9" * 5000 + b"\nfuture 1 4000000000\nb 2 1370000001\n"
+        )
+        ingest.flush()
+        assert buffer.get(timeout=0) == [b"a 1 1370000000", b"b 2 1370000001"]
+        assert not transport.closed
+        rejected = ingest.metrics.lines_rejected
+        assert rejected.labels("timestamp is not epoch seconds in 1970..2099")._value.get() == 1
+        assert rejected.labels("timestamp too far in the future")._value.get() == 1
     finally:
         loop.close()
