@@ -213,7 +213,7 @@ class ListenerMetrics:
         )
         self.lines_dropped = Counter(
             "htmengine_listener_lines_dropped",
-            "Valid UDP lines dropped because the outgoing buffer was full",
+            "Valid UDP lines dropped because the outgoing buffer was full (UDP cannot be paused)",
             registry=r,
         )
         self.lines_published = Counter(
@@ -245,11 +245,25 @@ class ListenerMetrics:
             "Valid lines accepted but not yet confirmed by the broker",
             registry=r,
         )
+        self.buffered_bytes = Gauge(
+            "htmengine_listener_buffered_bytes",
+            "Bytes held by lines accepted but not yet confirmed (text and per-line overhead)",
+            registry=r,
+        )
+        self.buffer_limit_bytes = Gauge(
+            "htmengine_listener_buffer_limit_bytes",
+            "max_buffered_bytes: the outgoing buffer never holds more",
+            registry=r,
+        )
         self.reading_paused = Gauge(
             "htmengine_listener_reading_paused",
             "1 while reading is paused because the outgoing buffer is full",
             registry=r,
         )
+
+    def set_buffered(self, lines: int, size: int) -> None:
+        self.buffered_lines.set(lines)
+        self.buffered_bytes.set(size)
 
 
 class StorerMetrics:

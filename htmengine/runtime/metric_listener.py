@@ -3,11 +3,13 @@
 It does no database work, so clients are never held up by MySQL. Structure (after carbon's
 receivers): the TCP and UDP receivers only know their framing; they hand lines to one `Ingest`
 edge that validates, counts, batches and hands full batches to one publisher thread. The hand-off
-buffer is bounded: when it is full, every TCP receiver stops reading (the kernel's window then
-pushes back on clients) and UDP datagrams are dropped and counted; reading resumes once the
-publisher has drained half of it. The publisher owns the process's only broker connection,
-publishes each batch as one persistent message ``{"protocol":"plain","data":[lines]}`` with a
-publisher confirm, and retries a batch (reconnecting with backoff) until the broker confirms it.
+buffer is bounded in bytes (``max_buffered_bytes``, counting each line's object overhead too):
+when it is full, every TCP receiver stops reading (the kernel's window then pushes back on
+clients: their sends block, nothing is dropped) and UDP datagrams, which cannot be paused, are
+dropped and counted; reading resumes once the publisher has drained half of it. The publisher
+owns the process's only broker connection, publishes each batch as one persistent message
+``{"protocol":"plain","data":[lines]}`` with a publisher confirm, and retries a batch
+(reconnecting with backoff) until the broker confirms it.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from htmengine.exceptions import MessageQueueNotFound
 from htmengine.instrumentation import ListenerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger, setup_logging
 from htmengine.runtime.plaintext_protocol import (
+    LINE_OVERHEAD_BYTES,
     LINE_TOO_LONG,
     LineBatcher,
     ParsedLines,
+    held_bytes,
     normalize_lines,
     timestamp_limit,
 )
@@ -47,6 +51,10 @@ RECONNECT_FIRST_SEC = 0.2
 RECONNECT_MAX_SEC = 5.0
 # How long one publish call retries on its own before the publisher rebuilds the connection.
 PUBLISH_RETRY_SEC = 30.0
+# asyncio's selector transports read at most this much per data_received (their max_size).
+READ_BYTES = 256 * 1024
+# The shortest valid line with its newline ("a 1 1\n"): a read holds at most READ_BYTES / 6 lines.
+MIN_LINE_BYTES = 6
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,8 @@ class ListenerSettings:
     idle_timeout_sec: float
     batch_max_lines: int
     batch_max_delay_sec: float
-    max_buffered_lines: int
+    batch_max_bytes: int
+    max_buffered_bytes: int
     max_future_seconds: int
     metrics_port: int
 
@@ -83,16 +92,39 @@ class ListenerSettings:
             idle_timeout_sec=config.getfloat(section, "idle_timeout_sec"),
             batch_max_lines=config.getint(section, "batch_max_lines"),
             batch_max_delay_sec=config.getint(section, "batch_max_delay_ms") / 1000.0,
-            max_buffered_lines=config.getint(section, "max_buffered_lines"),
+            batch_max_bytes=config.getint(section, "batch_max_bytes"),
+            max_buffered_bytes=config.getint(section, "max_buffered_bytes"),
             max_future_seconds=config.getint(section, "max_future_seconds"),
             metrics_port=config.getint(section, "metrics_port"),
         )
-        for key in ("max_line_bytes", "max_connections", "batch_max_lines", "max_buffered_lines"):
+        for key in ("max_line_bytes", "max_connections", "batch_max_lines"):
             if getattr(settings, key) < 1:
                 raise ConfigError(f"{config.path}: [{section}] {key} must be >= 1")
+        if settings.batch_max_bytes < settings.max_line_bytes:
+            raise ConfigError(
+                f"{config.path}: [{section}] batch_max_bytes must be >= max_line_bytes"
+            )
+        if config.has_option(section, "max_buffered_lines"):
+            logging.getLogger(__name__).warning(
+                "%s: [%s] max_buffered_lines is ignored: max_buffered_bytes bounds the buffer",
+                config.path,
+                section,
+            )
+        least = 2 * read_headroom(settings)
+        if settings.max_buffered_bytes < least:
+            raise ConfigError(f"{config.path}: [{section}] max_buffered_bytes must be >= {least}")
         if settings.max_future_seconds < 0:
             raise ConfigError(f"{config.path}: [{section}] max_future_seconds must be >= 0")
         return settings
+
+
+def read_headroom(settings: ListenerSettings) -> int:
+    """The most one TCP read can add to the outgoing buffer: the batcher's pending lines plus
+    the read's own lines (`held_bytes`), so pausing at `max_buffered_bytes` minus this keeps
+    the buffer within `max_buffered_bytes`."""
+    pending = settings.batch_max_bytes + settings.batch_max_lines * LINE_OVERHEAD_BYTES
+    read = READ_BYTES + (READ_BYTES // MIN_LINE_BYTES + 1) * LINE_OVERHEAD_BYTES
+    return pending + read
 
 
 def encode_batch(lines: list[bytes]) -> bytes:
@@ -102,20 +134,34 @@ def encode_batch(lines: list[bytes]) -> bytes:
 
 
 class OutboundBuffer:
-    """Batches between the event loop and the publisher thread, bounded in lines.
+    """Batches between the event loop and the publisher thread, bounded in bytes (`held_bytes`).
 
     A batch counts against the bound until the broker has confirmed it. `put` never blocks (the
-    event loop must not); it reports whether the buffer is full so the caller can stop reading.
-    When a full buffer drains to half, `on_drained` is called (from the publisher thread).
+    event loop must not) and never refuses (the lines were read already); it reports whether the
+    buffer is full, i.e. holds more than `max_bytes - headroom`, so the caller stops reading.
+    `headroom` is the most the caller hands over between two such checks, so the buffer never
+    holds more than `max_bytes`. When a full buffer drains to half its high-water mark,
+    `on_drained` is called (from the publisher thread).
     """
 
-    def __init__(self, max_lines: int, on_drained: Callable[[], None] = lambda: None) -> None:
-        self.max_lines = max_lines
+    def __init__(
+        self, max_bytes: int, headroom: int = 0, on_drained: Callable[[], None] = lambda: None
+    ) -> None:
+        if not 0 <= headroom < max_bytes:
+            raise ValueError(f"headroom {headroom} must be in [0, max_bytes={max_bytes})")
+        self.max_bytes = max_bytes
+        self.high_water = max_bytes - headroom
         self.on_drained = on_drained
         self._batches: collections.deque[list[bytes]] = collections.deque()
+        self._bytes = 0
         self._lines = 0
         self._was_full = False
         self._cond = threading.Condition()
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held by lines accepted and not yet confirmed."""
+        return self._bytes
 
     @property
     def lines(self) -> int:
@@ -124,14 +170,16 @@ class OutboundBuffer:
 
     @property
     def full(self) -> bool:
-        return self._lines >= self.max_lines
+        return self._bytes > self.high_water
 
     def put(self, batch: list[bytes]) -> bool:
         """Queue a batch; True when the buffer is now full."""
+        size = held_bytes(batch)
         with self._cond:
             self._batches.append(batch)
+            self._bytes += size
             self._lines += len(batch)
-            full = self._lines >= self.max_lines
+            full = self._bytes > self.high_water
             if full:
                 self._was_full = True
             self._cond.notify()
@@ -146,9 +194,11 @@ class OutboundBuffer:
 
     def done(self, batch: list[bytes]) -> None:
         """The broker confirmed `batch`: free its room."""
+        size = held_bytes(batch)
         with self._cond:
+            self._bytes -= size
             self._lines -= len(batch)
-            drained = self._was_full and self._lines <= self.max_lines // 2
+            drained = self._was_full and self._bytes <= self.high_water // 2
             if drained:
                 self._was_full = False
         if drained:
@@ -201,11 +251,13 @@ class BatchPublisher(threading.Thread):
             ) as exc:
                 self.metrics.publish_failures.inc()
                 self.log.warning(
-                    "publish of %d lines failed (%r); retrying in %.1fs (%d lines buffered)",
+                    "publish of %d lines failed (%r); retrying in %.1fs "
+                    "(%d lines, %d bytes buffered)",
                     len(batch),
                     exc,
                     delay,
                     self.buffer.lines,
+                    self.buffer.bytes,
                 )
                 self._close()
                 if self.stopping.wait(delay):
@@ -214,7 +266,7 @@ class BatchPublisher(threading.Thread):
         self.buffer.done(batch)
         self.metrics.lines_published.inc(len(batch))
         self.metrics.batches_published.inc()
-        self.metrics.buffered_lines.set(self.buffer.lines)
+        self.metrics.set_buffered(self.buffer.lines, self.buffer.bytes)
 
     def _close(self) -> None:
         bus, self._bus = self._bus, None
@@ -242,7 +294,9 @@ class Ingest:
         self.metrics = metrics
         self.log = log
         self.bad_line_log = RateLimitedLogger(log, interval=10.0)
-        self.batcher = LineBatcher(settings.batch_max_lines, settings.batch_max_delay_sec)
+        self.batcher = LineBatcher(
+            settings.batch_max_lines, settings.batch_max_delay_sec, settings.batch_max_bytes
+        )
         self.receivers: set[PlaintextLineReceiver] = set()
         self.paused = False
         self._timer: asyncio.TimerHandle | None = None
@@ -253,7 +307,9 @@ class Ingest:
         """Validate wire lines; count the bad ones; batch the good ones.
 
         Never raises for any content of `lines` (each bad line is rejected alone), so any
-        receiver (TCP, UDP, HTTP) can hand it whatever it framed.
+        receiver (TCP, UDP, HTTP) can hand it whatever it framed. A receiver hands over at most
+        READ_BYTES at a time and takes no more input while `paused` is True, so the outgoing
+        buffer stays within max_buffered_bytes.
         """
         good = self._validate(lines)
         if good:
@@ -320,7 +376,7 @@ class Ingest:
 
     def _hand_off(self, batch: list[bytes]) -> None:
         full = self.buffer.put(batch)
-        self.metrics.buffered_lines.set(self.buffer.lines)
+        self.metrics.set_buffered(self.buffer.lines, self.buffer.bytes)
         if full and not self.paused:
             self._pause_all()
 
@@ -330,8 +386,9 @@ class Ingest:
         self.paused = True
         self.metrics.reading_paused.set(1)
         self.log.warning(
-            "outgoing buffer full (%d lines): pausing reads on %d connection(s)",
+            "outgoing buffer full (%d lines, %d bytes): pausing reads on %d connection(s)",
             self.buffer.lines,
+            self.buffer.bytes,
             len(self.receivers),
         )
         for receiver in self.receivers:
@@ -449,7 +506,8 @@ async def serve(
     """Run the listener until SIGTERM/SIGINT, then publish what was accepted and return."""
     loop = asyncio.get_running_loop()
     metrics = ListenerMetrics()
-    buffer = OutboundBuffer(settings.max_buffered_lines)
+    buffer = OutboundBuffer(settings.max_buffered_bytes, read_headroom(settings))
+    metrics.buffer_limit_bytes.set(settings.max_buffered_bytes)
     ingest = Ingest(loop, settings, buffer, metrics, log)
     buffer.on_drained = lambda: loop.call_soon_threadsafe(ingest.resume_all)
     publisher = BatchPublisher(buffer, settings.queue_name, connect, metrics, log)

@@ -63,6 +63,7 @@ from htmengine.runtime.metric_streamer import (
 from htmengine.runtime.model_input_forwarder import ModelInputForwarder
 from htmengine.runtime.plaintext_protocol import (
     DEFAULT_MAX_FUTURE_SECONDS,
+    max_body_bytes,
     parse_samples,
     timestamp_limit,
 )
@@ -108,6 +109,16 @@ def decode_message(body: bytes) -> list[str]:
     if not isinstance(data, list) or not all(isinstance(line, str) for line in data):
         raise RejectedMessage("data is not a list of strings")
     return data
+
+
+def bounded_prefetch(prefetch: int, max_prefetch_bytes: int, largest_body: int) -> int:
+    """The prefetch count that keeps what the broker has in flight to us within
+    `max_prefetch_bytes`, each message counted as the largest body the listener sends.
+
+    RabbitMQ does not implement basic.qos prefetch_size (it closes the connection with
+    NOT_IMPLEMENTED), so the byte budget becomes a message count.
+    """
+    return max(1, min(prefetch, max_prefetch_bytes // largest_body))
 
 
 def partition_by_size(
@@ -167,8 +178,11 @@ class MetricStorer:
         log: logging.Logger,
         on_rows_reforwarded: RowsForwarder | None = None,
         max_future_seconds: int = DEFAULT_MAX_FUTURE_SECONDS,
+        max_prefetch_bytes: int | None = None,
     ) -> None:
         self.engine = engine
+        # A batch is stored once its bodies reach half this (None: no byte bound).
+        self.max_prefetch_bytes = max_prefetch_bytes
         # The listener's future-timestamp rule, for messages published straight to the queue.
         self.max_future_seconds = max_future_seconds
         self.on_rows_reforwarded = on_rows_reforwarded
@@ -200,7 +214,11 @@ class MetricStorer:
         self.log.info("storing from queue %s (prefetch %d)", self.queue_name, self.prefetch)
         # Half the prefetch window: the broker delivers the next batch while this one is stored.
         batch_messages = max(1, self.prefetch // 2)
+        # Messages published straight to the queue may be larger than the listener's: bound
+        # the bytes of a batch too.
+        batch_bytes = (self.max_prefetch_bytes or 0) // 2 or None
         pending: list[Message] = []
+        pending_bytes = 0
         first_arrival = 0.0
         in_flight: tuple[PreparedBatch, Future[list[StoredRows]]] | None = None
 
@@ -221,14 +239,17 @@ class MetricStorer:
                 if not pending:
                     first_arrival = time.monotonic()
                 pending.append(message)
+                pending_bytes += len(message.body)
                 if (
                     len(pending) < batch_messages
+                    and (batch_bytes is None or pending_bytes < batch_bytes)
                     and time.monotonic() - first_arrival < MAX_BATCH_AGE_SEC
                 ):
                     continue
             if pending:
                 batch = self.prepare(pending)
                 pending = []
+                pending_bytes = 0
                 settle()
                 in_flight = (batch, self._writer.submit(self._store, batch.samples_by_name))
             if self.stopping.is_set():
@@ -434,12 +455,22 @@ def build_storer(
     config = get_app_config()
     queue_name = config.get("metric_listener", "queue_name")
     prefetch = config.getint("metric_storer", "prefetch")
+    max_prefetch_bytes = config.getint("metric_storer", "max_prefetch_bytes")
     connections = config.getint("metric_storer", "connections")
     metrics_port = config.getint("metric_storer", "metrics_port")
     max_future_seconds = config.getint("metric_listener", "max_future_seconds")
-    for key, value in (("prefetch", prefetch), ("connections", connections)):
+    for key, value in (
+        ("prefetch", prefetch),
+        ("connections", connections),
+        ("max_prefetch_bytes", max_prefetch_bytes),
+    ):
         if value < 1:
             raise ConfigError(f"{config.path}: [metric_storer] {key} must be >= 1")
+    largest_body = max_body_bytes(
+        config.getint("metric_listener", "batch_max_bytes"),
+        config.getint("metric_listener", "batch_max_lines"),
+    )
+    prefetch = bounded_prefetch(prefetch, max_prefetch_bytes, largest_body)
     bus = MessageBus(get_rabbitmq_config())
     engine = get_engine(config)
     log = logging.getLogger(f"htmengine.{SERVICE_NAME}")
@@ -454,6 +485,7 @@ def build_storer(
         log,
         on_rows_reforwarded,
         max_future_seconds,
+        max_prefetch_bytes,
     )
     return storer, metrics_port
 

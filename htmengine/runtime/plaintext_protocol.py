@@ -296,20 +296,45 @@ def parse_samples(lines: Iterable[str], *, limit: int = MAX_TIMESTAMP) -> Parsed
     return result
 
 
+# Resident bytes of one line held in a batch beyond its text: the bytes object's header
+# (sys.getsizeof(b"")) and its slot in the batch's list. Buffers bounded "in bytes" count these.
+LINE_OVERHEAD_BYTES = 33 + 8
+
+
+def held_bytes(lines: list[bytes]) -> int:
+    """Memory a batch of lines holds (text plus per-line object overhead)."""
+    return sum(map(len, lines)) + LINE_OVERHEAD_BYTES * len(lines)
+
+
+def max_body_bytes(batch_max_bytes: int, batch_max_lines: int) -> int:
+    """The largest message body (``{"protocol":"plain","data":[...]}``, JSON with ASCII escapes)
+    of a batch of at most `batch_max_lines` lines and `batch_max_bytes` bytes of text.
+
+    A valid line's character costs at most 3 times its UTF-8 bytes in the body (a 2-byte or
+    4-byte character becomes 6 or 12 bytes of \\u escapes); each line adds quotes and a comma.
+    """
+    return 3 * batch_max_bytes + 3 * batch_max_lines + 64
+
+
 class LineBatcher:
-    """Groups good lines into batches of at most `max_lines`, none older than `max_delay` seconds.
+    """Groups good lines into batches of at most `max_lines` lines and `max_bytes` bytes of text
+    (without limit when None), none older than `max_delay` seconds.
 
     Pure bookkeeping: the caller passes the clock and arms a timer for `deadline`.
     """
 
-    def __init__(self, max_lines: int, max_delay: float) -> None:
+    def __init__(self, max_lines: int, max_delay: float, max_bytes: int | None = None) -> None:
         if max_lines < 1:
             raise ValueError(f"max_lines must be >= 1, got {max_lines}")
         if max_delay < 0:
             raise ValueError(f"max_delay must be >= 0, got {max_delay}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.max_lines = max_lines
         self.max_delay = max_delay
+        self.max_bytes = max_bytes
         self._pending: list = []
+        self._pending_bytes = 0
         self._first_added: float | None = None
 
     def __len__(self) -> int:
@@ -330,15 +355,39 @@ class LineBatcher:
             self._first_added = now
         pending = self._pending
         pending.extend(lines)
+        max_bytes = self.max_bytes
+        if max_bytes is not None:
+            self._pending_bytes += sum(map(len, lines))
         batches = []
         size = self.max_lines
-        if len(pending) >= size:
+        if len(pending) >= size or (max_bytes is not None and self._pending_bytes >= max_bytes):
             whole = len(pending) - len(pending) % size
             batches = [pending[i : i + size] for i in range(0, whole, size)]
             del pending[:whole]
+            if max_bytes is not None:
+                batches = self._split_by_bytes(batches, max_bytes)
             self._first_added = now if pending else None
         batches.extend(self.take_due(now))
         return batches
+
+    def _split_by_bytes(self, batches: list[list], max_bytes: int) -> list[list]:
+        """Cut count-bounded batches (and the pending rest) further where they pass max_bytes."""
+        out = []
+        for batch in batches:
+            if sum(map(len, batch)) <= max_bytes:
+                out.append(batch)
+            else:
+                cut, rest = _cut_by_bytes(batch, max_bytes)
+                out.extend(cut)
+                if rest:
+                    out.append(rest)
+        pending_bytes = sum(map(len, self._pending))
+        if pending_bytes >= max_bytes:
+            cut, self._pending = _cut_by_bytes(self._pending, max_bytes)
+            out.extend(cut)
+            pending_bytes = sum(map(len, self._pending))
+        self._pending_bytes = pending_bytes
+        return out
 
     def take_due(self, now: float) -> list[list]:
         """The pending lines as one batch if their deadline has passed."""
@@ -350,4 +399,20 @@ class LineBatcher:
     def flush(self) -> list:
         """Everything pending, now (empty list when nothing is pending)."""
         batch, self._pending, self._first_added = self._pending, [], None
+        self._pending_bytes = 0
         return batch
+
+
+def _cut_by_bytes(lines: list[bytes], max_bytes: int) -> tuple[list[list[bytes]], list[bytes]]:
+    """Full batches of at most `max_bytes` (a longer line alone makes one), and the rest."""
+    batches = []
+    start = total = 0
+    for i, line in enumerate(lines):
+        total += len(line)
+        if total > max_bytes and i > start:
+            batches.append(lines[start:i])
+            start, total = i, len(line)
+        if total >= max_bytes:
+            batches.append(lines[start : i + 1])
+            start, total = i + 1, 0
+    return batches, lines[start:]

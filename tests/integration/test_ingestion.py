@@ -25,6 +25,7 @@ from htmengine.repository import MetricStatus, get_engine
 from htmengine.repository.schema import metric, metric_data
 from htmengine.runtime import plaintext_protocol as grammar
 from tests.support.app import REPO, Supervisor, TestApp, restart_rabbitmq
+from tests.support.tcp_proxy import TcpProxy
 
 BASE_TS = 1_370_000_000  # June 2013: historic replays are normal
 
@@ -475,3 +476,127 @@ def test_absurd_lines_are_rejected_alone_over_tcp_and_udp(ingestion) -> None:
     )
     assert set(reasons) <= set(grammar.REJECTION_REASONS)
     assert supervisor.pid("metric_listener") == pid, "the listener restarted"
+
+
+BUFFER_BOUND = 8 * 1024 * 1024
+
+
+class _Sender(threading.Thread):
+    """Streams long lines over one TCP connection until told to stop; counts what it sent."""
+
+    def __init__(self, port: int, metrics: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.names = [b"backpressure.%03d." % k + b"x" * 200 for k in range(metrics)]
+        self.sent_lines = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+                sock.connect(("127.0.0.1", self.port))
+                while not self.stop.is_set():
+                    chunk = b"".join(self.line(self.sent_lines + i) for i in range(250))
+                    sock.sendall(chunk)  # blocks while the listener does not read
+                    self.sent_lines += 250
+                sock.shutdown(socket.SHUT_WR)
+                sock.recv(1)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def line(self, i: int) -> bytes:
+        return b"%s %d %d\n" % (self.names[i % len(self.names)], i, BASE_TS + i // len(self.names))
+
+
+def test_with_the_broker_away_the_listener_holds_at_most_its_bound_and_blocks_senders(
+    clean_db: TestApp,
+) -> None:
+    """The broker is taken away from the listener only (a proxy between them is stopped): the
+    listener buffers up to max_buffered_bytes, then stops reading, so the TCP sender blocks
+    (nothing is dropped) and UDP lines are dropped and counted; with the broker back,
+    everything the sender sent is stored, in order."""
+    app = clean_db
+    from htmengine.config import get_rabbitmq_config
+
+    with MessageBus() as bus:
+        for queue in (app.data_queue, rejected_queue_name(app.data_queue)):
+            bus.declare_queue(queue)
+            bus.purge_queue(queue)
+    proxy = TcpProxy(get_rabbitmq_config().getint("connection", "port"))
+    proxy.start()
+    supervisor = Supervisor(
+        app,
+        ["metric_listener", "metric_storer"],
+        environment={
+            "metric_listener": {
+                "_NTA_UTILS_CONFIG__RABBITMQ__CONNECTION__PORT": str(proxy.port),
+                "_NTA_UTILS_CONFIG__APPLICATION__METRIC_LISTENER__MAX_BUFFERED_BYTES": str(
+                    BUFFER_BOUND
+                ),
+            }
+        },
+    )
+    sender = _Sender(app.ports["plaintext"], metrics=20)
+    port = app.ports["listener_metrics"]
+    try:
+        supervisor.start()
+        wait_until(lambda: _metrics_up(app), 30, "the services' /metrics endpoints")
+        send_tcp(app.ports["plaintext"], b"through.proxy 1 1370000000\n")
+        wait_until(lambda: row_count() == 1, 30, "a row through the proxy")
+
+        proxy.stop()
+        sender.start()
+        stalled_since, last_sent, highest = time.monotonic(), -1, 0.0
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            listener = read_counters(port)
+            highest = max(highest, listener["htmengine_listener_buffered_bytes"])
+            assert highest <= BUFFER_BOUND, f"buffer at {highest} bytes"
+            if sender.sent_lines != last_sent:
+                stalled_since, last_sent = time.monotonic(), sender.sent_lines
+            elif (
+                time.monotonic() - stalled_since > 3
+                and listener["htmengine_listener_reading_paused"]
+            ):
+                break
+            assert sender.error is None and sender.is_alive()
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"the sender never blocked ({sender.sent_lines} lines sent)")
+        assert listener["htmengine_listener_buffer_limit_bytes"] == BUFFER_BOUND
+        assert highest > BUFFER_BOUND / 2, "the buffer never filled"
+        assert listener["htmengine_listener_lines_dropped_total"] == 0
+        assert counter_sum(listener, LISTENER_REJECTED) == 0
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for d in range(10):
+                lines = [b"udp.dropped %d %d" % (i, BASE_TS + d * 10 + i) for i in range(10)]
+                udp.sendto(b"\n".join(lines), ("127.0.0.1", app.ports["udp"]))
+        wait_until(
+            lambda: read_counters(port)["htmengine_listener_lines_dropped_total"] == 100,
+            30,
+            "100 UDP lines dropped and counted",
+        )
+        assert read_counters(port)["htmengine_listener_buffered_bytes"] <= BUFFER_BOUND
+
+        sender.stop.set()
+        proxy.start()
+        sender.join(timeout=120)
+        assert not sender.is_alive() and sender.error is None
+        total = sender.sent_lines
+        wait_until(lambda: row_count() == total + 1, 300, f"{total + 1} rows")
+        rows = stored_rows()
+        assert "udp.dropped" not in rows
+        metrics = len(sender.names)
+        for k, name in enumerate(sender.names):
+            expected = [BASE_TS + i // metrics for i in range(k, total, metrics)]
+            assert [ts for _, ts, _ in rows[name.decode()]] == expected
+        listener = read_counters(port)
+        assert listener["htmengine_listener_lines_published_total"] == total + 1
+        assert listener["htmengine_listener_reading_paused"] == 0
+    finally:
+        sender.stop.set()
+        supervisor.stop()
+        proxy.stop()

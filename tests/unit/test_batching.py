@@ -13,11 +13,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from htmengine.runtime.metric_listener import (
+    MIN_LINE_BYTES,
+    READ_BYTES,
     OutboundBuffer,
     PlaintextLineReceiver,
     encode_batch,
+    read_headroom,
 )
-from htmengine.runtime.plaintext_protocol import LineBatcher
+from htmengine.runtime.plaintext_protocol import (
+    LINE_OVERHEAD_BYTES,
+    LineBatcher,
+    held_bytes,
+    max_body_bytes,
+)
 
 
 def test_full_batches_leave_at_once_and_the_rest_waits() -> None:
@@ -75,26 +83,41 @@ def test_batches_keep_order_and_respect_the_size_bound(size: int, adds: list[lis
     assert [x for batch in out for x in batch] == [x for lines in adds for x in lines]
 
 
-def test_buffer_reports_full_and_calls_back_when_half_drained() -> None:
+def test_buffer_is_bounded_in_bytes_and_calls_back_when_half_drained() -> None:
     drained = threading.Event()
-    buffer = OutboundBuffer(max_lines=10, on_drained=drained.set)
-    assert buffer.put([b"x"] * 4) is False
-    assert buffer.put([b"x"] * 6) is True
-    assert buffer.full
-    first = buffer.get(timeout=0)
-    second = buffer.get(timeout=0)
+    line = b"m 1 1"  # held_bytes: 5 + LINE_OVERHEAD_BYTES each
+    weight = len(line) + LINE_OVERHEAD_BYTES
+    buffer = OutboundBuffer(max_bytes=12 * weight, headroom=2 * weight, on_drained=drained.set)
+    assert buffer.put([line] * 4) is False
+    assert buffer.put([line] * 6) is False  # exactly at the high-water mark
+    assert buffer.put([line]) is True
+    assert buffer.full and buffer.bytes == 11 * weight and buffer.lines == 11
+    first, second, third = (buffer.get(timeout=0) for _ in range(3))
     assert buffer.get(timeout=0) is None
     # Taking a batch does not free room: only the broker's confirm does.
-    assert buffer.lines == 10
+    assert buffer.bytes == 11 * weight
     buffer.done(first)
-    assert not drained.is_set()  # 6 lines left > half of 10
+    buffer.done(third)
+    assert not drained.is_set()  # 6 lines left > half of the high-water mark (10 lines)
     buffer.done(second)
     assert drained.is_set()
-    assert buffer.lines == 0
+    assert buffer.bytes == 0 and buffer.lines == 0
+
+
+def test_long_lines_weigh_more_than_short_ones() -> None:
+    buffer = OutboundBuffer(max_bytes=10_000)
+    assert buffer.put([b"x" * 5000, b"y" * 4000]) is False
+    assert buffer.put([b"z" * 1000]) is True
+    assert buffer.lines == 3
+
+
+def test_the_headroom_must_leave_room() -> None:
+    with pytest.raises(ValueError):
+        OutboundBuffer(max_bytes=100, headroom=100)
 
 
 def test_buffer_get_wakes_up_on_put() -> None:
-    buffer = OutboundBuffer(max_lines=10)
+    buffer = OutboundBuffer(max_bytes=1000)
     got: list = []
     consumer = threading.Thread(target=lambda: got.append(buffer.get(timeout=5)))
     consumer.start()
@@ -195,21 +218,31 @@ class FakeTransport:
         self.closed = True
 
 
-def _ingest(max_buffered_lines: int, max_connections: int = 10, idle_timeout_sec: float = 300):
+def _settings(**overrides) -> SimpleNamespace:
+    values = dict(
+        max_line_bytes=16384,
+        batch_max_lines=2,
+        batch_max_bytes=16384,
+        batch_max_delay_sec=0.05,
+        max_connections=10,
+        idle_timeout_sec=300,
+        max_future_seconds=86400,
+    )
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def _ingest(max_buffered_lines: int, headroom: int = 0, **settings):
+    """An Ingest whose buffer is full past `max_buffered_lines` lines of b"m N N" (5 bytes)."""
     from htmengine.instrumentation import ListenerMetrics
     from htmengine.runtime.metric_listener import Ingest
 
-    settings = SimpleNamespace(
-        max_line_bytes=16384,
-        batch_max_lines=2,
-        batch_max_delay_sec=0.05,
-        max_connections=max_connections,
-        idle_timeout_sec=idle_timeout_sec,
-        max_future_seconds=86400,
-    )
     loop = asyncio.new_event_loop()
-    buffer = OutboundBuffer(max_buffered_lines)
-    ingest = Ingest(loop, settings, buffer, ListenerMetrics(), logging.getLogger("test"))  # type: ignore[arg-type]
+    weight = 5 + LINE_OVERHEAD_BYTES
+    buffer = OutboundBuffer(max_buffered_lines * weight - 1 + headroom, headroom)
+    ingest = Ingest(
+        loop, _settings(**settings), buffer, ListenerMetrics(), logging.getLogger("test")
+    )  # type: ignore[arg-type]
     return ingest, buffer, loop
 
 
@@ -279,5 +312,75 @@ def test_an_absurd_line_in_a_read_loses_none_of_its_neighbours() -> None:
         rejected = ingest.metrics.lines_rejected
         assert rejected.labels("timestamp is not epoch seconds in 1970..2099")._value.get() == 1
         assert rejected.labels("timestamp too far in the future")._value.get() == 1
+    finally:
+        loop.close()
+
+
+def test_batches_are_cut_at_max_bytes_too() -> None:
+    batcher = LineBatcher(max_lines=100, max_delay=1.0, max_bytes=10)
+    assert batcher.add([b"aaaa", b"bbbb"], now=0.0) == []
+    assert batcher.add([b"cc", b"dddd", b"e" * 12, b"ff"], now=0.0) == [
+        [b"aaaa", b"bbbb", b"cc"],
+        [b"dddd"],
+        [b"e" * 12],  # a line longer than max_bytes travels alone
+    ]
+    assert batcher.flush() == [b"ff"]
+
+
+@given(
+    st.integers(min_value=1, max_value=7),
+    st.integers(min_value=1, max_value=30),
+    st.lists(st.lists(st.binary(min_size=1, max_size=12), max_size=20), max_size=20),
+)
+def test_byte_bounded_batches_keep_order_and_respect_both_bounds(
+    size: int, max_bytes: int, adds: list[list[bytes]]
+) -> None:
+    batcher = LineBatcher(max_lines=size, max_delay=1.0, max_bytes=max_bytes)
+    out: list[list[bytes]] = []
+    for lines in adds:
+        out.extend(batcher.add(lines, 0.0))
+        assert sum(map(len, batcher._pending)) < max_bytes and len(batcher) < size
+    out.append(batcher.flush())
+    for batch in out[:-1]:
+        assert 0 < len(batch) <= size
+        assert len(batch) == 1 or sum(map(len, batch)) <= max_bytes
+    assert [x for batch in out for x in batch] == [x for lines in adds for x in lines]
+
+
+def test_the_largest_body_bound_holds_for_the_worst_lines() -> None:
+    lines = ["\U0001f600" * 63 + " 1 1", '"\\' * 100 + " 1 1", "\u00e9" * 127 + " 1 1"]
+    for text in lines:
+        batch = [text.encode()] * 7
+        body = encode_batch(batch)
+        assert len(body) <= max_body_bytes(sum(map(len, batch)), len(batch))
+
+
+def test_read_bytes_is_what_asyncio_reads_at_once() -> None:
+    from asyncio import selector_events
+
+    assert selector_events._SelectorSocketTransport.max_size == READ_BYTES
+    assert len(b"a 1 1\n") == MIN_LINE_BYTES
+
+
+def test_one_read_never_takes_the_buffer_past_its_bound() -> None:
+    """Paused at max_buffered_bytes minus the headroom, a read of the shortest lines still fits."""
+    settings = _settings(batch_max_lines=1000, batch_max_bytes=262144)
+    headroom = read_headroom(settings)
+    read = b"a 1 1\n" * (READ_BYTES // MIN_LINE_BYTES)
+    from htmengine.instrumentation import ListenerMetrics
+    from htmengine.runtime.metric_listener import Ingest
+
+    loop = asyncio.new_event_loop()
+    try:
+        buffer = OutboundBuffer(2 * headroom, headroom)
+        ingest = Ingest(loop, settings, buffer, ListenerMetrics(), logging.getLogger("test"))  # type: ignore[arg-type]
+        receiver, transport = _connect(ingest)
+        reads = 0
+        while not transport.paused:
+            receiver.data_received(read)
+            reads += 1
+            assert buffer.bytes <= buffer.max_bytes
+        assert reads > 1 and buffer.bytes > buffer.high_water
+        assert held_bytes([b"a 1 1"] * (READ_BYTES // MIN_LINE_BYTES)) < headroom
     finally:
         loop.close()
