@@ -384,3 +384,39 @@ def test_one_read_never_takes_the_buffer_past_its_bound() -> None:
         assert held_bytes([b"a 1 1"] * (READ_BYTES // MIN_LINE_BYTES)) < headroom
     finally:
         loop.close()
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=60).filter(
+                lambda b: b"\n" not in b and not b.lstrip().startswith(b"good.")
+            ),
+            st.integers(min_value=4000, max_value=6000).map(lambda n: b"m 1 " + b"9" * n),
+            st.sampled_from([b"m nan 1", b"m 1 inf", b"m 1 4000000000", b"\xff 1 1", b"m\x00 1 1"]),
+        ),
+        max_size=20,
+    ),
+    st.lists(st.integers(min_value=1, max_value=5000), max_size=8),
+)
+def test_no_read_loses_a_good_line_whatever_its_neighbours(
+    junk: list[bytes], cuts: list[int]
+) -> None:
+    """Good lines interleaved with garbage, cut into reads anywhere: every good line comes out."""
+    good = [b"good.%d %d %d" % (i % 3, i, 1_370_000_000 + i) for i in range(len(junk) + 1)]
+    stream = b"\n".join(x for pair in zip(good, junk + [b""], strict=True) for x in pair) + b"\n"
+    ingest, buffer, loop = _ingest(max_buffered_lines=10_000, batch_max_lines=1000)
+    try:
+        receiver, transport = _connect(ingest)
+        start = 0
+        for cut in cuts:
+            receiver.data_received(stream[start : start + cut])
+            start += cut
+        receiver.data_received(stream[start:])
+        receiver.connection_lost(None)
+        ingest.flush()
+        out = [line for batch in iter(lambda: buffer.get(timeout=0), None) for line in batch]
+        assert [line for line in out if line.startswith(b"good.")] == good
+        assert not transport.closed
+    finally:
+        loop.close()
