@@ -40,6 +40,7 @@ from htmengine.runtime.plaintext_protocol import (
     ParsedLines,
     held_bytes,
     normalize_lines,
+    split_by_bytes,
     timestamp_limit,
 )
 
@@ -110,7 +111,7 @@ class ListenerSettings:
                 config.path,
                 section,
             )
-        least = 2 * read_headroom(settings)
+        least = 2 * read_headroom(settings.max_line_bytes)
         if settings.max_buffered_bytes < least:
             raise ConfigError(f"{config.path}: [{section}] max_buffered_bytes must be >= {least}")
         if settings.max_future_seconds < 0:
@@ -118,13 +119,15 @@ class ListenerSettings:
         return settings
 
 
-def read_headroom(settings: ListenerSettings) -> int:
-    """The most one TCP read can add to the outgoing buffer: the batcher's pending lines plus
-    the read's own lines (`held_bytes`), so pausing at `max_buffered_bytes` minus this keeps
-    the buffer within `max_buffered_bytes`."""
-    pending = settings.batch_max_bytes + settings.batch_max_lines * LINE_OVERHEAD_BYTES
-    read = READ_BYTES + (READ_BYTES // MIN_LINE_BYTES + 1) * LINE_OVERHEAD_BYTES
-    return pending + read
+def read_headroom(max_line_bytes: int) -> int:
+    """The most one TCP read adds to the outgoing buffer (its lines' `held_bytes`), so pausing
+    at `max_buffered_bytes` minus this keeps the buffer within `max_buffered_bytes`.
+
+    A read is at most READ_BYTES plus the unfinished line kept from the previous one; a line
+    normalised grows by at most a whole-seconds timestamp (10 digits) replacing its token.
+    """
+    text = READ_BYTES + max_line_bytes
+    return text + (text // MIN_LINE_BYTES + 1) * (LINE_OVERHEAD_BYTES + 10)
 
 
 def encode_batch(lines: list[bytes]) -> bytes:
@@ -134,13 +137,14 @@ def encode_batch(lines: list[bytes]) -> bytes:
 
 
 class OutboundBuffer:
-    """Batches between the event loop and the publisher thread, bounded in bytes (`held_bytes`).
+    """Lines between the event loop and the broker, bounded in bytes (`held_bytes`).
 
-    A batch counts against the bound until the broker has confirmed it. `put` never blocks (the
-    event loop must not) and never refuses (the lines were read already); it reports whether the
-    buffer is full, i.e. holds more than `max_bytes - headroom`, so the caller stops reading.
-    `headroom` is the most the caller hands over between two such checks, so the buffer never
-    holds more than `max_bytes`. When a full buffer drains to half its high-water mark,
+    Lines count from the moment the listener accepts them (`admit`; they wait in the batcher,
+    then here as batches) until the broker confirms them (`done`). `admit` never blocks (the
+    event loop must not) and never refuses (the lines were read already); it reports whether
+    the buffer is full, i.e. holds more than `max_bytes - headroom`, so the caller stops
+    reading. `headroom` is the most the caller admits between two such checks, so the buffer
+    never holds more than `max_bytes`. When a full buffer drains to half its high-water mark,
     `on_drained` is called (from the publisher thread).
     """
 
@@ -172,18 +176,21 @@ class OutboundBuffer:
     def full(self) -> bool:
         return self._bytes > self.high_water
 
-    def put(self, batch: list[bytes]) -> bool:
-        """Queue a batch; True when the buffer is now full."""
-        size = held_bytes(batch)
+    def admit(self, lines: int, size: int) -> bool:
+        """Count accepted lines holding `size` bytes; True when the buffer is now full."""
         with self._cond:
-            self._batches.append(batch)
             self._bytes += size
-            self._lines += len(batch)
+            self._lines += lines
             full = self._bytes > self.high_water
             if full:
                 self._was_full = True
-            self._cond.notify()
             return full
+
+    def put(self, batch: list[bytes]) -> None:
+        """Queue a batch of admitted lines for the publisher."""
+        with self._cond:
+            self._batches.append(batch)
+            self._cond.notify()
 
     def get(self, timeout: float) -> list[bytes] | None:
         """The oldest batch (it stays counted until `done`), or None after `timeout` seconds."""
@@ -192,12 +199,11 @@ class OutboundBuffer:
                 self._cond.wait(timeout)
             return self._batches.popleft() if self._batches else None
 
-    def done(self, batch: list[bytes]) -> None:
-        """The broker confirmed `batch`: free its room."""
-        size = held_bytes(batch)
+    def done(self, lines: int, size: int) -> None:
+        """The broker confirmed `lines` lines holding `size` bytes: free their room."""
         with self._cond:
             self._bytes -= size
-            self._lines -= len(batch)
+            self._lines -= lines
             drained = self._was_full and self._bytes <= self.high_water // 2
             if drained:
                 self._was_full = False
@@ -215,9 +221,12 @@ class BatchPublisher(threading.Thread):
         connect: Callable[[], MessageBus],
         metrics: ListenerMetrics,
         log: logging.Logger,
+        max_body_text: int,
     ) -> None:
         super().__init__(name="publisher", daemon=True)
         self.buffer = buffer
+        # batch_max_bytes: the most line text one message carries (bounds the storer's prefetch)
+        self.max_body_text = max_body_text
         self.queue_name = queue_name
         self.connect = connect
         self.metrics = metrics
@@ -229,11 +238,25 @@ class BatchPublisher(threading.Thread):
         while not self.stopping.is_set():
             batch = self.buffer.get(timeout=0.2)
             if batch is not None:
-                self._publish_until_confirmed(batch)
+                self._publish_batch(batch)
         self._close()
 
-    def _publish_until_confirmed(self, batch: list[bytes]) -> None:
-        body = encode_batch(batch)
+    def _publish_batch(self, batch: list[bytes]) -> None:
+        """One message per at most batch_max_bytes of the batch's text, each until confirmed."""
+        size = held_bytes(batch)
+        if size - LINE_OVERHEAD_BYTES * len(batch) <= self.max_body_text:
+            parts = [batch]
+        else:
+            parts = split_by_bytes(batch, self.max_body_text)
+        for part in parts:
+            if not self._publish_until_confirmed(encode_batch(part), len(part)):
+                return
+        self.buffer.done(len(batch), size)
+        self.metrics.lines_published.inc(len(batch))
+        self.metrics.set_buffered(self.buffer.lines, self.buffer.bytes)
+
+    def _publish_until_confirmed(self, body: bytes, lines: int) -> bool:
+        """Publish one message, reconnecting with backoff; False if stopped meanwhile."""
         delay = RECONNECT_FIRST_SEC
         while True:
             try:
@@ -253,7 +276,7 @@ class BatchPublisher(threading.Thread):
                 self.log.warning(
                     "publish of %d lines failed (%r); retrying in %.1fs "
                     "(%d lines, %d bytes buffered)",
-                    len(batch),
+                    lines,
                     exc,
                     delay,
                     self.buffer.lines,
@@ -261,12 +284,10 @@ class BatchPublisher(threading.Thread):
                 )
                 self._close()
                 if self.stopping.wait(delay):
-                    return
+                    return False
                 delay = min(delay * 2, RECONNECT_MAX_SEC)
-        self.buffer.done(batch)
-        self.metrics.lines_published.inc(len(batch))
         self.metrics.batches_published.inc()
-        self.metrics.set_buffered(self.buffer.lines, self.buffer.bytes)
+        return True
 
     def _close(self) -> None:
         bus, self._bus = self._bus, None
@@ -294,9 +315,7 @@ class Ingest:
         self.metrics = metrics
         self.log = log
         self.bad_line_log = RateLimitedLogger(log, interval=10.0)
-        self.batcher = LineBatcher(
-            settings.batch_max_lines, settings.batch_max_delay_sec, settings.batch_max_bytes
-        )
+        self.batcher = LineBatcher(settings.batch_max_lines, settings.batch_max_delay_sec)
         self.receivers: set[PlaintextLineReceiver] = set()
         self.paused = False
         self._timer: asyncio.TimerHandle | None = None
@@ -313,9 +332,13 @@ class Ingest:
         """
         good = self._validate(lines)
         if good:
+            full = self.buffer.admit(len(good), held_bytes(good))
+            self.metrics.set_buffered(self.buffer.lines, self.buffer.bytes)
             for batch in self.batcher.add(good, self.loop.time()):
-                self._hand_off(batch)
+                self.buffer.put(batch)
             self._arm_timer()
+            if full and not self.paused:
+                self._pause_all()
 
     def _validate(self, lines: list[bytes]) -> list[bytes]:
         """The good lines, normalised; the bad ones counted by reason and logged (rate-limited)."""
@@ -361,7 +384,7 @@ class Ingest:
         """Hand whatever is pending to the publisher (shutdown)."""
         batch = self.batcher.flush()
         if batch:
-            self._hand_off(batch)
+            self.buffer.put(batch)
 
     def _arm_timer(self) -> None:
         deadline = self.batcher.deadline
@@ -371,14 +394,8 @@ class Ingest:
     def _on_deadline(self) -> None:
         self._timer = None
         for batch in self.batcher.take_due(self.loop.time()):
-            self._hand_off(batch)
+            self.buffer.put(batch)
         self._arm_timer()
-
-    def _hand_off(self, batch: list[bytes]) -> None:
-        full = self.buffer.put(batch)
-        self.metrics.set_buffered(self.buffer.lines, self.buffer.bytes)
-        if full and not self.paused:
-            self._pause_all()
 
     # --- backpressure and connections ----------------------------------------------------
 
@@ -506,11 +523,13 @@ async def serve(
     """Run the listener until SIGTERM/SIGINT, then publish what was accepted and return."""
     loop = asyncio.get_running_loop()
     metrics = ListenerMetrics()
-    buffer = OutboundBuffer(settings.max_buffered_bytes, read_headroom(settings))
+    buffer = OutboundBuffer(settings.max_buffered_bytes, read_headroom(settings.max_line_bytes))
     metrics.buffer_limit_bytes.set(settings.max_buffered_bytes)
     ingest = Ingest(loop, settings, buffer, metrics, log)
     buffer.on_drained = lambda: loop.call_soon_threadsafe(ingest.resume_all)
-    publisher = BatchPublisher(buffer, settings.queue_name, connect, metrics, log)
+    publisher = BatchPublisher(
+        buffer, settings.queue_name, connect, metrics, log, settings.batch_max_bytes
+    )
     publisher.start()
     serve_metrics(metrics.registry, settings.metrics_port, settings.host)
 

@@ -210,7 +210,6 @@ def normalize_lines(
     good = result.good
     append = good.append
     isfinite = math.isfinite
-    max_int_digits = _MAX_INT_DIGITS
     for line in lines:
         if len(line) > max_line_bytes:
             result.reject(LINE_TOO_LONG, line)
@@ -233,8 +232,11 @@ def normalize_lines(
         if not isfinite(value):
             result.reject(BAD_VALUE, line)
             continue
-        if ts_token.isdigit() and len(ts_token) <= max_int_digits:
-            seconds = int(ts_token)
+        if ts_token.isdigit():
+            try:
+                seconds = int(ts_token)
+            except ValueError:  # more digits than int() converts (sys.int_info)
+                seconds = MAX_TIMESTAMP
             if seconds >= limit:
                 result.reject(_timestamp_reason(seconds), line)
                 continue
@@ -317,24 +319,19 @@ def max_body_bytes(batch_max_bytes: int, batch_max_lines: int) -> int:
 
 
 class LineBatcher:
-    """Groups good lines into batches of at most `max_lines` lines and `max_bytes` bytes of text
-    (without limit when None), none older than `max_delay` seconds.
+    """Groups good lines into batches of at most `max_lines`, none older than `max_delay` seconds.
 
     Pure bookkeeping: the caller passes the clock and arms a timer for `deadline`.
     """
 
-    def __init__(self, max_lines: int, max_delay: float, max_bytes: int | None = None) -> None:
+    def __init__(self, max_lines: int, max_delay: float) -> None:
         if max_lines < 1:
             raise ValueError(f"max_lines must be >= 1, got {max_lines}")
         if max_delay < 0:
             raise ValueError(f"max_delay must be >= 0, got {max_delay}")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.max_lines = max_lines
         self.max_delay = max_delay
-        self.max_bytes = max_bytes
         self._pending: list = []
-        self._pending_bytes = 0
         self._first_added: float | None = None
 
     def __len__(self) -> int:
@@ -355,39 +352,15 @@ class LineBatcher:
             self._first_added = now
         pending = self._pending
         pending.extend(lines)
-        max_bytes = self.max_bytes
-        if max_bytes is not None:
-            self._pending_bytes += sum(map(len, lines))
         batches = []
         size = self.max_lines
-        if len(pending) >= size or (max_bytes is not None and self._pending_bytes >= max_bytes):
+        if len(pending) >= size:
             whole = len(pending) - len(pending) % size
             batches = [pending[i : i + size] for i in range(0, whole, size)]
             del pending[:whole]
-            if max_bytes is not None:
-                batches = self._split_by_bytes(batches, max_bytes)
             self._first_added = now if pending else None
         batches.extend(self.take_due(now))
         return batches
-
-    def _split_by_bytes(self, batches: list[list], max_bytes: int) -> list[list]:
-        """Cut count-bounded batches (and the pending rest) further where they pass max_bytes."""
-        out = []
-        for batch in batches:
-            if sum(map(len, batch)) <= max_bytes:
-                out.append(batch)
-            else:
-                cut, rest = _cut_by_bytes(batch, max_bytes)
-                out.extend(cut)
-                if rest:
-                    out.append(rest)
-        pending_bytes = sum(map(len, self._pending))
-        if pending_bytes >= max_bytes:
-            cut, self._pending = _cut_by_bytes(self._pending, max_bytes)
-            out.extend(cut)
-            pending_bytes = sum(map(len, self._pending))
-        self._pending_bytes = pending_bytes
-        return out
 
     def take_due(self, now: float) -> list[list]:
         """The pending lines as one batch if their deadline has passed."""
@@ -399,20 +372,19 @@ class LineBatcher:
     def flush(self) -> list:
         """Everything pending, now (empty list when nothing is pending)."""
         batch, self._pending, self._first_added = self._pending, [], None
-        self._pending_bytes = 0
         return batch
 
 
-def _cut_by_bytes(lines: list[bytes], max_bytes: int) -> tuple[list[list[bytes]], list[bytes]]:
-    """Full batches of at most `max_bytes` (a longer line alone makes one), and the rest."""
-    batches = []
+def split_by_bytes(lines: list[bytes], max_bytes: int) -> list[list[bytes]]:
+    """`lines` cut, in order, into runs of at most `max_bytes` bytes of text (a longer line
+    makes a run of its own)."""
+    runs = []
     start = total = 0
     for i, line in enumerate(lines):
         total += len(line)
         if total > max_bytes and i > start:
-            batches.append(lines[start:i])
+            runs.append(lines[start:i])
             start, total = i, len(line)
-        if total >= max_bytes:
-            batches.append(lines[start : i + 1])
-            start, total = i + 1, 0
-    return batches, lines[start:]
+    if start < len(lines):
+        runs.append(lines[start:])
+    return runs

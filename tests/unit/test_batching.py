@@ -25,6 +25,7 @@ from htmengine.runtime.plaintext_protocol import (
     LineBatcher,
     held_bytes,
     max_body_bytes,
+    split_by_bytes,
 )
 
 
@@ -85,30 +86,30 @@ def test_batches_keep_order_and_respect_the_size_bound(size: int, adds: list[lis
 
 def test_buffer_is_bounded_in_bytes_and_calls_back_when_half_drained() -> None:
     drained = threading.Event()
-    line = b"m 1 1"  # held_bytes: 5 + LINE_OVERHEAD_BYTES each
-    weight = len(line) + LINE_OVERHEAD_BYTES
+    weight = 5 + LINE_OVERHEAD_BYTES  # held_bytes of one b"m 1 1"
     buffer = OutboundBuffer(max_bytes=12 * weight, headroom=2 * weight, on_drained=drained.set)
-    assert buffer.put([line] * 4) is False
-    assert buffer.put([line] * 6) is False  # exactly at the high-water mark
-    assert buffer.put([line]) is True
+    assert buffer.admit(4, 4 * weight) is False
+    assert buffer.admit(6, 6 * weight) is False  # exactly at the high-water mark
+    assert buffer.admit(1, weight) is True
     assert buffer.full and buffer.bytes == 11 * weight and buffer.lines == 11
-    first, second, third = (buffer.get(timeout=0) for _ in range(3))
-    assert buffer.get(timeout=0) is None
-    # Taking a batch does not free room: only the broker's confirm does.
-    assert buffer.bytes == 11 * weight
-    buffer.done(first)
-    buffer.done(third)
+    buffer.done(5, 5 * weight)
     assert not drained.is_set()  # 6 lines left > half of the high-water mark (10 lines)
-    buffer.done(second)
+    buffer.done(1, weight)
     assert drained.is_set()
+    buffer.done(5, 5 * weight)
     assert buffer.bytes == 0 and buffer.lines == 0
 
 
-def test_long_lines_weigh_more_than_short_ones() -> None:
+def test_lines_stay_counted_until_the_broker_confirms_them() -> None:
+    """Taking a batch does not free room: only the broker's confirm does."""
     buffer = OutboundBuffer(max_bytes=10_000)
-    assert buffer.put([b"x" * 5000, b"y" * 4000]) is False
-    assert buffer.put([b"z" * 1000]) is True
-    assert buffer.lines == 3
+    batch = [b"x" * 5000, b"y" * 4000]
+    assert buffer.admit(len(batch), held_bytes(batch)) is False
+    buffer.put(batch)
+    assert buffer.get(timeout=0) == batch
+    assert buffer.get(timeout=0) is None
+    assert buffer.bytes == held_bytes(batch)
+    assert buffer.admit(1, held_bytes([b"z" * 1000])) is True  # long lines weigh more
 
 
 def test_the_headroom_must_leave_room() -> None:
@@ -262,9 +263,11 @@ def test_a_full_buffer_pauses_every_connection_until_half_drained() -> None:
         assert buffer.lines == 4 and first.paused and second.paused
         _, late = _connect(ingest)
         assert late.paused, "a connection made while full starts paused"
-        buffer.done(buffer.get(timeout=0))
+        batch = buffer.get(timeout=0)
+        buffer.done(len(batch), held_bytes(batch))
         assert first.paused, "still above half: no resume yet"
-        buffer.done(buffer.get(timeout=0))
+        batch = buffer.get(timeout=0)
+        buffer.done(len(batch), held_bytes(batch))
         ingest.resume_all()
         assert not (first.paused or second.paused or late.paused)
         assert ingest.metrics.lines_rejected.labels("expected 3 fields")._value.get() == 1
@@ -291,7 +294,7 @@ def test_pending_lines_leave_when_the_delay_passes() -> None:
     try:
         receiver, _ = _connect(ingest)
         receiver.data_received(b"m 1 1\n")
-        assert buffer.lines == 0
+        assert buffer.lines == 1 and buffer.get(timeout=0) is None  # counted, not yet batched
         loop.run_until_complete(asyncio.sleep(0.1))
         assert buffer.get(timeout=0) == [b"m 1 1"]
     finally:
@@ -316,35 +319,21 @@ def test_an_absurd_line_in_a_read_loses_none_of_its_neighbours() -> None:
         loop.close()
 
 
-def test_batches_are_cut_at_max_bytes_too() -> None:
-    batcher = LineBatcher(max_lines=100, max_delay=1.0, max_bytes=10)
-    assert batcher.add([b"aaaa", b"bbbb"], now=0.0) == []
-    assert batcher.add([b"cc", b"dddd", b"e" * 12, b"ff"], now=0.0) == [
-        [b"aaaa", b"bbbb", b"cc"],
-        [b"dddd"],
-        [b"e" * 12],  # a line longer than max_bytes travels alone
-    ]
-    assert batcher.flush() == [b"ff"]
+def test_split_by_bytes_cuts_in_order_and_a_long_line_travels_alone() -> None:
+    lines = [b"aaaa", b"bbbb", b"cc", b"dddd", b"e" * 12, b"ff"]
+    assert split_by_bytes(lines, 10) == [[b"aaaa", b"bbbb", b"cc"], [b"dddd"], [b"e" * 12], [b"ff"]]
+    assert split_by_bytes(lines, 1000) == [lines]
+    assert split_by_bytes([], 10) == []
 
 
-@given(
-    st.integers(min_value=1, max_value=7),
-    st.integers(min_value=1, max_value=30),
-    st.lists(st.lists(st.binary(min_size=1, max_size=12), max_size=20), max_size=20),
-)
-def test_byte_bounded_batches_keep_order_and_respect_both_bounds(
-    size: int, max_bytes: int, adds: list[list[bytes]]
-) -> None:
-    batcher = LineBatcher(max_lines=size, max_delay=1.0, max_bytes=max_bytes)
-    out: list[list[bytes]] = []
-    for lines in adds:
-        out.extend(batcher.add(lines, 0.0))
-        assert sum(map(len, batcher._pending)) < max_bytes and len(batcher) < size
-    out.append(batcher.flush())
-    for batch in out[:-1]:
-        assert 0 < len(batch) <= size
-        assert len(batch) == 1 or sum(map(len, batch)) <= max_bytes
-    assert [x for batch in out for x in batch] == [x for lines in adds for x in lines]
+@given(st.integers(min_value=1, max_value=30), st.lists(st.binary(max_size=12), max_size=40))
+def test_split_by_bytes_keeps_order_and_the_bound(max_bytes: int, lines: list[bytes]) -> None:
+    runs = split_by_bytes(lines, max_bytes)
+    assert [line for run in runs for line in run] == lines
+    assert all(run and (len(run) == 1 or sum(map(len, run)) <= max_bytes) for run in runs)
+    # maximal: no run could have taken the next one's first line
+    for run, following in zip(runs, runs[1:], strict=False):
+        assert sum(map(len, run)) + len(following[0]) > max_bytes
 
 
 def test_the_largest_body_bound_holds_for_the_worst_lines() -> None:
@@ -364,8 +353,8 @@ def test_read_bytes_is_what_asyncio_reads_at_once() -> None:
 
 def test_one_read_never_takes_the_buffer_past_its_bound() -> None:
     """Paused at max_buffered_bytes minus the headroom, a read of the shortest lines still fits."""
-    settings = _settings(batch_max_lines=1000, batch_max_bytes=262144)
-    headroom = read_headroom(settings)
+    settings = _settings(batch_max_lines=1000)
+    headroom = read_headroom(settings.max_line_bytes)
     read = b"a 1 1\n" * (READ_BYTES // MIN_LINE_BYTES)
     from htmengine.instrumentation import ListenerMetrics
     from htmengine.runtime.metric_listener import Ingest
@@ -381,7 +370,11 @@ def test_one_read_never_takes_the_buffer_past_its_bound() -> None:
             reads += 1
             assert buffer.bytes <= buffer.max_bytes
         assert reads > 1 and buffer.bytes > buffer.high_water
-        assert held_bytes([b"a 1 1"] * (READ_BYTES // MIN_LINE_BYTES)) < headroom
+        # the worst read: an unfinished longest line completed by lines that grow when normalised
+        worst = b"m " + b"1" * (settings.max_line_bytes - 4) + b" 1\n"
+        worst += b"a 1 1e1\n" * ((READ_BYTES - 8) // 8) + b"a 1 1"
+        good = ingest._validate(worst.split(b"\n"))
+        assert held_bytes(good) <= headroom
     finally:
         loop.close()
 
@@ -420,3 +413,40 @@ def test_no_read_loses_a_good_line_whatever_its_neighbours(
         assert not transport.closed
     finally:
         loop.close()
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def declare_queue(self, name: str) -> None:
+        pass
+
+    def publish(self, queue: str, body: bytes) -> None:
+        self.bodies.append(body)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_publisher_sends_at_most_batch_max_bytes_of_text_per_message() -> None:
+    from htmengine.instrumentation import ListenerMetrics
+    from htmengine.runtime.metric_listener import BatchPublisher
+
+    bus = RecordingBus()
+    buffer = OutboundBuffer(max_bytes=1 << 20)
+    publisher = BatchPublisher(
+        buffer, "q", lambda: bus, ListenerMetrics(), logging.getLogger("test"), max_body_text=100
+    )  # type: ignore[arg-type]
+    short = [b"m 1 %d" % i for i in range(10)]
+    long = [b"long.%s 1 %d" % (b"x" * 30, i) for i in range(10)]
+    for batch in (short, long):
+        buffer.admit(len(batch), held_bytes(batch))
+        buffer.put(batch)
+        publisher._publish_batch(buffer.get(timeout=0))
+    assert buffer.lines == 0 and buffer.bytes == 0
+    data = [json.loads(body)["data"] for body in bus.bodies]
+    assert [line for lines in data for line in lines] == [x.decode() for x in short + long]
+    assert len(data) == 1 + 5  # the short batch whole; the long one 2 lines (86 bytes) a message
+    assert all(sum(map(len, lines)) <= 100 for lines in data)
+    assert all(len(body) <= max_body_bytes(100, 2) for body in bus.bodies[1:])
