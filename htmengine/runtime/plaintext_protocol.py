@@ -235,9 +235,11 @@ def normalize_lines(
         if ts_token.isdigit():
             try:
                 seconds = int(ts_token)
-            except ValueError:  # more digits than int() converts (sys.int_info)
-                seconds = MAX_TIMESTAMP
-            if seconds >= limit:
+            except ValueError:  # more digits than int() converts (sys.int_info): float() them
+                seconds = _parse_timestamp(ts_token)
+                if seconds is not None:
+                    ts_token = b"%d" % seconds
+            if seconds is None or seconds >= limit:
                 result.reject(_timestamp_reason(seconds), line)
                 continue
             if len(line) == len(name) + len(value_token) + len(ts_token) + 2:
