@@ -2,9 +2,11 @@
 
 Consumes the model swapper's results queue (``model-swapper.conf [interface_bus] results_queue``).
 
-* Command results: a successful ``defineModel`` moves a metric CREATE_PENDING -> ACTIVE; a failed
-  command moves it to ERROR with the error text in ``metric.message``. Every command result is then
-  published to the results exchange with the header ``dataType: model-cmd-result``.
+* Command results: a successful ``defineModel`` of the pending start moves a metric
+  CREATE_PENDING -> ACTIVE; a failure that proves the model unusable moves it to ERROR with the
+  error text in ``metric.message`` (the transitions and the result-code contract are
+  `htmengine.engine.lifecycle`'s). Every command result is then published to the results exchange
+  with the header ``dataType: model-cmd-result``.
 * Inference results of an ACTIVE metric are matched to metric_data rows by rowid. Rows that already
   have a raw score are skipped, so a redelivered batch never counts twice. The raw scores go
   through the likelihood helper (state in ``metric.model_params["anomalyLikelihoodParams"]``) and
@@ -44,6 +46,7 @@ from sqlalchemy.engine import Connection, Row
 from htmengine import exceptions
 from htmengine.bus import MessageBus, MessageBusError, rejected_queue_name
 from htmengine.config import get_app_config
+from htmengine.engine import lifecycle
 from htmengine.htm.params import DEFAULT_VERSION
 from htmengine.instrumentation import (
     AnomalyServiceMetrics,
@@ -59,17 +62,12 @@ from htmengine.model_swapper.model_swapper_interface import (
     encode_result_message,
 )
 from htmengine.repository import MetricStatus, get_engine, queries
+from htmengine.repository.retry import retry_on_transient_db_errors
 from htmengine.repository.schema import metric_data
 from htmengine.runtime.anomaly_likelihood_helper import (
     AnomalyLikelihoodHelper,
     ScoredRow,
     rescale_for_display,
-)
-from htmengine.runtime.model_data_feeder import send_input_rows_to_model
-from htmengine.runtime.scalar_metric_utils import (
-    MODEL_START_KEY,
-    read_rows,
-    retry_on_transient_db_errors,
 )
 
 LOGGER = logging.getLogger("htmengine.anomaly_service")
@@ -245,20 +243,15 @@ class AnomalyService:
                     row.name,
                     result.errorMessage,
                 )
-                if row.status != MetricStatus.ERROR:
-                    queries.set_metric_status(
-                        conn, model_id, MetricStatus.ERROR, result.errorMessage
+                if exceptions.is_permanent_failure(result.status):
+                    lifecycle.model_unusable(
+                        conn, model_id, result.errorMessage, command_id=result.commandID
                     )
                 return notice
             if result.method == "defineModel":
-                if row.status == MetricStatus.CREATE_PENDING:
-                    self._activate(conn, model_id, result.commandID)
-                else:
-                    LOGGER.warning(
-                        "defineModel result for model %s in status %s (not CREATE_PENDING)",
-                        model_id,
-                        row.status,
-                    )
+                lifecycle.confirm_model(
+                    conn, model_id, result.commandID, self.swapper, self.chunk_size
+                )
                 if not row.parameters:
                     return None
                 notice["modelInfo"] = {
@@ -267,40 +260,6 @@ class AnomalyService:
                     "modelSpec": json.loads(row.parameters),
                 }
         return notice
-
-    def _activate(self, conn: Connection, model_id: str, command_id: Any) -> None:
-        """CREATE_PENDING -> ACTIVE, under the metric row lock; first hand the model the rows that
-        were stored after its backlog (the storer does not forward while CREATE_PENDING)."""
-        row = queries.get_metric(conn, model_id, ("name", "last_rowid", "model_params"))
-        model_params = json.loads(row.model_params or "{}")
-        start = model_params.pop(MODEL_START_KEY, None)
-        if start is not None and start["commandId"] != command_id:
-            LOGGER.warning(
-                "defineModel result %s of model %s is not the pending one (%s); ignored",
-                command_id,
-                model_id,
-                start["commandId"],
-            )
-            return
-        if start is not None and (row.last_rowid or 0) > start["backlogLastRowid"]:
-            rows = read_rows(conn, model_id, start_rowid=start["backlogLastRowid"] + 1)
-            try:
-                send_input_rows_to_model(model_id, rows, self.chunk_size, self.swapper)
-            except exceptions.ModelNotFound:
-                LOGGER.warning("model %s lost its input queue while being activated", model_id)
-            LOGGER.info(
-                "model %s: forwarded %d rows stored while it was created", model_id, len(rows)
-            )
-        queries.update_metric_columns(
-            conn,
-            model_id,
-            {
-                "status": int(MetricStatus.ACTIVE),
-                "message": None,
-                "model_params": json.dumps(model_params),
-            },
-        )
-        LOGGER.info("model %s (%s) is ACTIVE", model_id, row.name)
 
     @retry_on_transient_db_errors
     def _apply_inference_results(
@@ -335,7 +294,11 @@ class AnomalyService:
                     stop_rowid=max(rowids),
                 )
             }
-            new_rows, predictions, rescored = self._match(model_id, results, stored, conn)
+            new_rows, predictions, rescored, unusable = self._match(model_id, results, stored)
+            if unusable is not None:
+                lifecycle.model_unusable(conn, model_id, unusable)
+                self.metrics.batches_rejected.labels("model_error").inc()
+                return None
             if new_rows:
                 model_params = json.loads(metric_row.model_params or "{}")
                 state = self.helper.update_scores(
@@ -403,13 +366,12 @@ class AnomalyService:
         model_id: str,
         results: Sequence[ModelInferenceResult],
         stored: dict[int, Row],
-        conn: Connection,
-    ) -> tuple[list[ScoredRow], dict[int, Any], list[Row]]:
-        """Pair results with stored rows: (rows to score, their predictions, rows already scored).
+    ) -> tuple[list[ScoredRow], dict[int, Any], list[Row], str | None]:
+        """Pair results with stored rows: (rows to score, their predictions, rows already scored,
+        None); or ([], {}, [], reason) when a result proves the model unusable.
 
         Rows already scored (a redelivery) are skipped; results without a row are dropped; failed
-        results are reported and their rows left unscored, except that a model that no longer
-        exists puts the metric into ERROR (nothing it sends can be scored).
+        results are reported and their rows left unscored.
         """
         new_rows: dict[int, ScoredRow] = {}
         predictions: dict[int, Any] = {}
@@ -437,11 +399,7 @@ class AnomalyService:
                     result.errorMessage,
                 )
                 if exceptions.is_permanent_failure(result.status):
-                    queries.set_metric_status(
-                        conn, model_id, MetricStatus.ERROR, result.errorMessage
-                    )
-                    self.metrics.batches_rejected.labels("model_error").inc()
-                    return [], {}, []
+                    return [], {}, [], result.errorMessage
                 continue
             new_rows[row.rowid] = ScoredRow(
                 rowid=row.rowid,
@@ -451,7 +409,7 @@ class AnomalyService:
             )
             predictions[row.rowid] = result.multiStepBestPredictions
         ordered = [new_rows[rowid] for rowid in sorted(new_rows)]
-        return ordered, predictions, [rescored[rowid] for rowid in sorted(rescored)]
+        return ordered, predictions, [rescored[rowid] for rowid in sorted(rescored)], None
 
 
 _DATA_FIELDS = (

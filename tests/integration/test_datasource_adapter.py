@@ -10,6 +10,7 @@ import pytest
 
 from htmengine.adapters.datasource import createDatasourceAdapter
 from htmengine.bus import MessageBus
+from htmengine.engine.lifecycle import MODEL_START_KEY
 from htmengine.exceptions import (
     MessageQueueNotFound,
     MetricAlreadyExists,
@@ -22,7 +23,6 @@ from htmengine.model_swapper.model_swapper_interface import (
     ModelSwapperInterface,
 )
 from htmengine.repository import MetricStatus
-from htmengine.runtime.scalar_metric_utils import MODEL_START_KEY
 from tests.support.engine import (
     data_rows,
     drain_queue,
@@ -100,14 +100,16 @@ def test_monitor_with_min_max_defines_the_model_then_sends_the_backlog(adapter, 
     assert encoder["resolution"] == pytest.approx(100 / 130)
 
     messages = drain_queue(bus, queue)
-    assert [len(items) for _, items in messages] == [1, 1440, 60]
-    define = messages[0][1][0]
+    assert [len(items) for _, items in messages] == [1, 1, 1440, 60]
+    # a fresh start: no checkpoint a lost deleteModel left behind is reused
+    assert messages[0][1][0].method == "deleteModel"
+    define = messages[1][1][0]
     assert isinstance(define, ModelCommand)
     assert define.method == "defineModel"
     assert define.commandID == model_params[MODEL_START_KEY]["commandId"]
     assert define.args["inputRecordSchema"] == [["c0", "datetime", "T"], ["c1", "float", ""]]
     assert define.args["modelConfig"] == model_params["modelConfig"]
-    backlog = [item for _, items in messages[1:] for item in items]
+    backlog = [item for _, items in messages[2:] for item in items]
     assert all(isinstance(item, ModelInputRow) for item in backlog)
     assert [item.rowID for item in backlog] == list(range(1, 1501))
     assert [tuple(item.data) for item in backlog] == [(ts, value) for ts, value in rows]
@@ -205,7 +207,7 @@ def test_pending_data_then_activation_with_range_from_the_data(adapter, bus, inp
     ]["c1"]
     assert encoder["resolution"] == ((high + pad) - (low - pad)) / 130
     messages = drain_queue(bus, queue)
-    assert sum(len(items) for _, items in messages[1:]) == 300
+    assert sum(len(items) for _, items in messages[2:]) == 300
     assert adapter.activateModel(uid) is False  # already being created
 
 
@@ -285,7 +287,7 @@ def test_complete_model_params(adapter, bus, input_queue):
         },
     }
     adapter.monitorMetric(spec)
-    define = drain_queue(bus, queue)[0][1][0]
+    define = drain_queue(bus, queue)[1][1][0]
     assert define.args["modelConfig"] == params["modelConfig"]
 
 
@@ -350,8 +352,8 @@ def test_export_delete_import_recreates_metric_data_and_model(adapter, bus, inpu
         (r.timestamp.strftime("%Y-%m-%d %H:%M:%S"), r.metric_value) for r in data_rows(new_uid)
     ] == [(ts, value) for value, ts in exported["data"]]
     messages = drain_queue(bus, queue)
-    assert messages[0][1][0].method == "defineModel"
-    assert sum(len(items) for _, items in messages[1:]) == 50
+    assert [items[0].method for _, items in messages[:2]] == ["deleteModel", "defineModel"]
+    assert sum(len(items) for _, items in messages[2:]) == 50
     # importing again is a no-op: the metric is already monitored
     assert adapter.importModel(exported) == new_uid
 

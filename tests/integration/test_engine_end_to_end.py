@@ -16,14 +16,14 @@ import pytest
 from htmengine.adapters.datasource import createDatasourceAdapter
 from htmengine.bus import MessageBus
 from htmengine.config import get_app_config, get_rabbitmq_config
+from htmengine.engine.model_input import read_rows, send_input_rows_to_model
+from htmengine.engine.swarm_params import generate_swarm_params, padded_range
 from htmengine.exceptions import MessageQueueNotFound, MetricNotFound
 from htmengine.htm.model import ScalarAnomalyModel
 from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
 from htmengine.repository import MetricStatus, get_engine, queries
 from htmengine.runtime.anomaly_likelihood_helper import AnomalyLikelihoodHelper, ScoredRow
-from htmengine.runtime.model_data_feeder import send_input_rows_to_model
-from htmengine.runtime.scalar_metric_utils import generate_swarm_params, padded_range, read_rows
 from tests.support.engine import (
     ResultsCapture,
     data_rows,
