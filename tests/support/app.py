@@ -283,6 +283,21 @@ class Supervisor:
             stderr=subprocess.STDOUT,
         )
         self.wait_running(timeout=timeout)
+        if self.programs is None or "metric_listener" in self.programs:
+            self.wait_listening(self.app.ports["plaintext"], timeout=timeout)
+
+    def wait_listening(self, port: int, timeout: float = 60.0) -> None:
+        """Wait until a TCP port on 127.0.0.1 accepts connections: RUNNING (2 s up) does not mean
+        a service finished importing and bound its socket, which takes longer on a loaded host."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nothing listens on port {port} after {timeout}s") from None
+                time.sleep(0.2)
 
     def process_info(self) -> dict[str, dict]:
         return {info["name"]: info for info in self.server.supervisor.getAllProcessInfo()}
