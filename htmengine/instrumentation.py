@@ -292,7 +292,7 @@ class StorerMetrics:
         )
         self.samples_dropped = Counter(
             "htmengine_storer_samples_dropped",
-            "Samples not stored: out_of_order, duplicate, metric_error",
+            "Samples not stored: out_of_order, duplicate",
             ["reason"],
             registry=r,
         )

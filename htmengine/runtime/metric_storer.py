@@ -426,20 +426,15 @@ class MetricStorer:
         self.uid_cache.update(uids)
 
     def _count(self, stored: list[StoredRows], outcome: BatchOutcome) -> None:
-        out_of_order = duplicate = metric_error = rows = 0
+        out_of_order = duplicate = rows = 0
         for result in stored:
             rows += len(result.samples)
             out_of_order += result.dropped_out_of_order
             duplicate += result.dropped_duplicate
-            metric_error += result.dropped_metric_error
         self.metrics.samples_stored.inc(rows)
         outcome.stored = rows
-        outcome.dropped = out_of_order + duplicate + metric_error
-        for reason, count in (
-            ("out_of_order", out_of_order),
-            ("duplicate", duplicate),
-            ("metric_error", metric_error),
-        ):
+        outcome.dropped = out_of_order + duplicate
+        for reason, count in (("out_of_order", out_of_order), ("duplicate", duplicate)):
             if count:
                 self.metrics.samples_dropped.labels(reason).inc(count)
                 self.warn.warning(
