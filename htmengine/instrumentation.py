@@ -188,6 +188,13 @@ class AnomalyServiceMetrics:
             "Messages published to the results exchange",
             registry=r,
         )
+        self.repairs = Counter(
+            "htmengine_reconciler_repairs",
+            "Inconsistencies the reconciler repaired: create_pending, pending_data, "
+            "orphan_checkpoint, unscored_rows",
+            ["repair"],
+            registry=r,
+        )
         self.scoring_seconds = Histogram(
             "htmengine_anomaly_scoring_seconds",
             "Time to score and store one inference result batch",

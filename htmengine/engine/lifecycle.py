@@ -2,10 +2,10 @@
 
 ::
 
-    UNMONITORED ─monitor─▶ PENDING_DATA ─activate─▶ CREATE_PENDING ─confirm─▶ ACTIVE
-         └────────monitor (range known)────────────────▲  │  ▲restart            │
-                                                        │  └──────unusable──▶ ERROR ◀─┘
-    any ─unmonitor─▶ UNMONITORED                (monitor --force: unmonitor, monitor)
+    UNMONITORED --monitor--> PENDING_DATA --activate--> CREATE_PENDING --confirm_model--> ACTIVE
+    UNMONITORED --monitor (range known)---------------> CREATE_PENDING --restart--> CREATE_PENDING
+    CREATE_PENDING, ACTIVE --model_unusable--> ERROR
+    any --unmonitor--> UNMONITORED          (monitor --force = unmonitor, then monitor)
 
 Database-only transitions take the caller's connection and run inside its transaction, holding
 the metric row lock (``SELECT ... FOR UPDATE``, taken here), so the anomaly service can confirm
@@ -61,6 +61,7 @@ from htmengine.engine.swarm_params import (
 )
 from htmengine.exceptions import (
     MetricAlreadyMonitored,
+    MetricNotFound,
     MetricStatusChangedError,
     ModelNotFound,
 )
@@ -195,13 +196,15 @@ def restart(conn: Connection, uid: str, older_than: float) -> ModelStart | None:
     (the metric is not ACTIVE), and every row is scored once.
     """
     row = _lock(conn, uid, "model_params")
-    start = pending_start(row.model_params)
-    if _status(row) != MetricStatus.CREATE_PENDING or start is None:
+    if _status(row) != MetricStatus.CREATE_PENDING:
         return None
+    model_params = json.loads(row.model_params or "{}")
+    start = model_params.pop(MODEL_START_KEY, None) or {}
     if time.time() - start.get("requestedAt", 0.0) < older_than:
         return None
-    model_params = json.loads(row.model_params)
-    model_params.pop(MODEL_START_KEY)
+    if "modelConfig" not in model_params:
+        LOGGER.warning("metric %s is CREATE_PENDING without a model definition", uid)
+        return None
     return _request_model(conn, uid, row, model_params, None)
 
 
@@ -276,6 +279,24 @@ def model_unusable(conn: Connection, uid: str, reason: str, command_id: Any | No
         return False
     queries.set_metric_status(conn, uid, MetricStatus.ERROR, reason, expected_status=status)
     LOGGER.error("model %s is unusable, metric in ERROR: %s", uid, reason)
+    return True
+
+
+def delete_orphan_model(conn: Connection, uid: str, swapper: ModelSwapperInterface) -> bool:
+    """Delete the model of a metric that is gone or has no model by its status (UNMONITORED,
+    PENDING_DATA): the checkpoint a lost deleteModel left behind. Returns False, sending nothing,
+    when the metric has a model.
+
+    deleteModel is published while this transaction holds the metric row lock, so the start of a
+    concurrent monitorMetric (committed under the same lock, published after) comes after it.
+    """
+    try:
+        row = _lock(conn, uid)
+    except MetricNotFound:
+        row = None
+    if row is not None and _status(row) in MODELLED_STATUSES:
+        return False
+    swapper.deleteModel(uid, uuid.uuid4().hex)
     return True
 
 

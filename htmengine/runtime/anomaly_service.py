@@ -14,6 +14,11 @@ Consumes the model swapper's results queue (``model-swapper.conf [interface_bus]
   multi-row statements in the same transaction as the new likelihood state. A failed row is
   reported and left unscored; only a model that is missing or unusable (a status in
   exceptions.PERMANENT_FAILURES) puts the metric into ERROR.
+* Between batches (every ``[reconciler] interval_sec``) the reconciler repairs what a crash
+  between a commit and its publish left behind (`htmengine.engine.reconciler`): this service runs
+  it because it already applies the lifecycle's model-side transitions, is one process, and holds
+  the database engine and a broker connection; a pass between batches never races its own
+  activations.
 * After the commit the scored rows are published, zlib-compressed JSON, to the durable fanout
   exchange ``application.conf [metric_streamer] results_exchange_name``; then the batch is acked.
   A batch redelivered after a crash between commit and ack publishes its rows again (at-least-once
@@ -47,6 +52,7 @@ from htmengine import exceptions
 from htmengine.bus import MessageBus, MessageBusError, rejected_queue_name
 from htmengine.config import get_app_config
 from htmengine.engine import lifecycle
+from htmengine.engine.reconciler import Reconciler
 from htmengine.htm.params import DEFAULT_VERSION
 from htmengine.instrumentation import (
     AnomalyServiceMetrics,
@@ -69,6 +75,7 @@ from htmengine.runtime.anomaly_likelihood_helper import (
     ScoredRow,
     rescale_for_display,
 )
+from htmengine.runtime.likelihood_profiles import profile_from_config
 
 LOGGER = logging.getLogger("htmengine.anomaly_service")
 
@@ -111,6 +118,7 @@ class AnomalyService:
         chunk_size: int,
         engine: sa.Engine | None = None,
         metrics: AnomalyServiceMetrics | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self.bus = bus
         self.swapper = swapper
@@ -119,6 +127,7 @@ class AnomalyService:
         self.chunk_size = chunk_size
         self.metrics = metrics if metrics is not None else AnomalyServiceMetrics()
         self.engine = engine if engine is not None else get_engine()
+        self.reconciler = reconciler
         self._stop = threading.Event()
         self._failures = RateLimitedLogger(LOGGER)
 
@@ -138,6 +147,8 @@ class AnomalyService:
             for batch in consumer:
                 if batch is not None:
                     self.handle_batch(batch)
+                if self.reconciler is not None:
+                    self.reconciler.maybe_run()
                 if self._stop.is_set():
                     break
         LOGGER.info("stopped")
@@ -477,14 +488,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = get_app_config()
     metrics = AnomalyServiceMetrics()
     serve_metrics(metrics.registry, metrics_port("anomaly_service"))
+    chunk_size = config.getint("metric_streamer", "chunk_size")
     with MessageBus() as bus, ModelSwapperInterface(bus=bus) as swapper:
+        reconciler = Reconciler.from_config(
+            get_engine(),
+            swapper,
+            chunk_size,
+            count=lambda repair: metrics.repairs.labels(repair).inc(),
+            range_rows=profile_from_config(config).range_rows,
+            config=config,
+        )
         service = AnomalyService(
             bus,
             swapper,
             config.get("metric_streamer", "results_exchange_name"),
             AnomalyLikelihoodHelper.from_config(config),
-            config.getint("metric_streamer", "chunk_size"),
+            chunk_size,
             metrics=metrics,
+            reconciler=reconciler,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: service.stop())

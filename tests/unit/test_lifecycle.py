@@ -25,86 +25,18 @@ from htmengine.exceptions import (
     ModelNotFound,
 )
 from htmengine.repository import MetricStatus
-from htmengine.repository.schema import metadata, metric, metric_data
+from htmengine.repository.schema import metric, metric_data
+from tests.support.fake_repository import T0, FakeSwapper, add_metric, add_rows, fake_engine
 
-T0 = datetime.datetime(2015, 6, 1)
 PARAMS = {"modelConfig": {"model": "HTMPrediction"}, "inferenceArgs": {}}
 SPEC = {"datasource": "custom", "metricSpec": {"metric": "cpu", "resource": "host1"}}
 
 
-class FakeSwapper:
-    """Records what the lifecycle hands the model swapper."""
-
-    def __init__(self, fail: Exception | None = None) -> None:
-        self.starts: list[tuple] = []
-        self.requests: list[tuple[str, list]] = []
-        self.deleted: list[str] = []
-        self.fail = fail
-
-    def startModel(self, model_id, args, command_id, backlog, chunk_size):
-        if self.fail is not None:
-            raise self.fail
-        self.starts.append((model_id, args, command_id, [row.rowID for row in backlog], chunk_size))
-
-    def submitRequests(self, model_id, requests):
-        self.requests.append((model_id, [row.rowID for row in requests]))
-
-    def deleteModel(self, model_id, command_id):
-        self.deleted.append(model_id)
-
-
 @pytest.fixture
 def engine() -> Iterator[sa.Engine]:
-    fake = sa.create_engine("sqlite://")
-    metadata.create_all(fake)
+    fake = fake_engine()
     yield fake
     fake.dispose()
-
-
-def add_metric(
-    engine: sa.Engine,
-    uid: str = "m1",
-    status: MetricStatus = MetricStatus.UNMONITORED,
-    rows: int = 0,
-    model_params: dict | None = None,
-    datasource: str = "custom",
-) -> str:
-    with engine.begin() as conn:
-        conn.execute(
-            metric.insert().values(
-                uid=uid,
-                datasource=datasource,
-                name=uid,
-                server=uid,
-                status=int(status),
-                last_rowid=rows,
-                model_params=json.dumps(model_params) if model_params is not None else None,
-            )
-        )
-        for rowid in range(1, rows + 1):
-            conn.execute(
-                metric_data.insert().values(
-                    uid=uid,
-                    rowid=rowid,
-                    timestamp=T0 + datetime.timedelta(minutes=5 * rowid),
-                    metric_value=float(rowid),
-                )
-            )
-    return uid
-
-
-def add_rows(engine: sa.Engine, uid: str, first: int, last: int) -> None:
-    with engine.begin() as conn:
-        for rowid in range(first, last + 1):
-            conn.execute(
-                metric_data.insert().values(
-                    uid=uid,
-                    rowid=rowid,
-                    timestamp=T0 + datetime.timedelta(minutes=5 * rowid),
-                    metric_value=float(rowid),
-                )
-            )
-        conn.execute(metric.update().where(metric.c.uid == uid).values(last_rowid=last))
 
 
 def row_of(engine: sa.Engine, uid: str = "m1"):
