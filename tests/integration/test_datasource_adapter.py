@@ -366,3 +366,35 @@ def test_delete_unknown_metric_names_it(adapter):
 def test_unknown_datasource():
     with pytest.raises(ValueError, match="known: custom"):
         createDatasourceAdapter("cloudwatch")
+
+
+def test_a_model_start_survives_its_queue_vanishing_before_the_publish(
+    app, bus, input_queue, monkeypatch
+):
+    """``monitor --force``: the runner deletes the old model's empty input queue (its clean-up
+    after deleteModel) between startModel's declare and its publish. Nothing was enqueued then, so
+    the start is declared and published again instead of failing into ERROR."""
+    swapper = ModelSwapperInterface(bus=bus)
+    queue = input_queue("race")
+    publish_many = bus.publish_many
+    attempts: list[str] = []
+
+    def runner_cleans_up_first(name, bodies, **kwargs):
+        if not attempts:
+            bus.delete_queue(name, if_empty=True)
+        attempts.append(name)
+        return publish_many(name, bodies, **kwargs)
+
+    monkeypatch.setattr(bus, "publish_many", runner_cleans_up_first)
+    backlog = [ModelInputRow(rowid, [ts, value]) for rowid, (ts, value) in enumerate(series(3), 1)]
+    swapper.startModel("race", {"modelConfig": {}}, "cmd-1", backlog, 2)
+    assert attempts == [queue, queue]
+    messages = drain_queue(bus, queue)
+    assert [type(items[0]).__name__ for _, items in messages] == [
+        "ModelCommand",
+        "ModelCommand",
+        "ModelInputRow",
+        "ModelInputRow",
+    ]
+    assert [items[0].method for _, items in messages[:2]] == ["deleteModel", "defineModel"]
+    assert [item.rowID for _, items in messages[2:] for item in items] == [1, 2, 3]
