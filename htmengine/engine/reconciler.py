@@ -78,7 +78,9 @@ class Reconciler:
         self.count = count
         self.range_rows = range_rows
         self._seen: set[tuple] = set()
-        self._next_run = 0.0
+        # The first pass waits one interval: results that queued up while the service was down
+        # (a defineModel result, say) are applied before anything is judged stuck.
+        self._next_run = time.monotonic() + interval
 
     @classmethod
     def from_config(

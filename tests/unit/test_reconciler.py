@@ -153,6 +153,8 @@ def test_a_failing_repair_does_not_stop_the_others(setup):
 
 
 def test_maybe_run_waits_for_the_interval_and_never_raises(setup, monkeypatch):
+    assert setup.reconciler.maybe_run() is None  # the first pass waits one interval
+    setup.reconciler._next_run = 0.0
     assert setup.reconciler.maybe_run() is not None
     assert setup.reconciler.maybe_run() is None  # within the interval
 
