@@ -64,6 +64,15 @@ _EPOCH = datetime.datetime(1970, 1, 1)
 # Publishes of a model start tried on a freshly declared input queue (see `startModel`).
 _START_ATTEMPTS = 5
 
+# commandID suffix of the deleteModel that begins a model start (see `startModel`).
+START_RESET_SUFFIX = ".reset"
+
+
+def is_start_reset(command_id: Any) -> bool:
+    """True for the commandID of the deleteModel that `ModelSwapperInterface.startModel` puts
+    before a defineModel (not an application's deleteModel)."""
+    return isinstance(command_id, str) and command_id.endswith(START_RESET_SUFFIX)
+
 
 class WireFormatError(ValueError):
     """A message or item state that does not follow the wire format."""
@@ -484,11 +493,16 @@ class ModelSwapperInterface:
         (`cleanUpAfterModelDeletion`), so the queue declared here can vanish before the publish
         (``monitor --force`` right after an unmonitor); nothing was enqueued then, and the queue is
         declared and the publish repeated. Raises ModelNotFound if that keeps happening.
+
+        The deleteModel's commandID is `commandID` + `START_RESET_SUFFIX` (`is_start_reset`), so
+        that its result can be told from an application's deleteModel.
         """
         if chunkSize < 1:
             raise ValueError(f"chunkSize must be >= 1, got {chunkSize}")
         bodies = [
-            encode_request_message(new_batch_id(), [ModelCommand(uuid.uuid4().hex, "deleteModel")]),
+            encode_request_message(
+                new_batch_id(), [ModelCommand(f"{commandID}{START_RESET_SUFFIX}", "deleteModel")]
+            ),
             encode_request_message(new_batch_id(), [ModelCommand(commandID, "defineModel", args)]),
         ]
         bodies.extend(

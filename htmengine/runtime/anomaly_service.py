@@ -66,6 +66,7 @@ from htmengine.model_swapper.model_swapper_interface import (
     ModelSwapperInterface,
     ResultBatch,
     encode_result_message,
+    is_start_reset,
 )
 from htmengine.repository import MetricStatus, get_engine, queries
 from htmengine.repository.retry import retry_on_transient_db_errors
@@ -233,7 +234,8 @@ class AnomalyService:
         }
         if result.method == "deleteModel":
             LOGGER.info("model %s deleted (status %s)", model_id, result.status)
-            return notice
+            # A model start's own reset is no news for applications: they asked for a model.
+            return None if is_start_reset(result.commandID) else notice
         with self.engine.begin() as conn:
             try:
                 # Waits for an adapter transaction that is still writing this metric.

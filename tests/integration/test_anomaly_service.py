@@ -17,6 +17,7 @@ from htmengine.config import get_app_config
 from htmengine.engine.lifecycle import MODEL_START_KEY
 from htmengine.exceptions import ERR, ERR_INVALID_ARG, ERR_NO_SUCH_MODEL
 from htmengine.model_swapper.model_swapper_interface import (
+    START_RESET_SUFFIX,
     ModelCommandResult,
     ModelInferenceResult,
     ModelSwapperInterface,
@@ -163,6 +164,21 @@ def test_a_failure_of_an_older_start_does_not_touch_the_pending_one(monitored, s
     wait_for(capture.take, 10, "command notice")
     assert metric_row(uid).status == MetricStatus.CREATE_PENDING
     activate(swapper, uid, command_id)
+
+
+def test_the_delete_that_begins_a_model_start_is_not_published(monitored, swapper, capture):
+    """Applications asked for a model; the start's own reset (deleteModel first) is no news. An
+    application's deleteModel still is."""
+    uid, command_id, _ = monitored
+    swapper.submitResults(
+        uid,
+        [
+            ModelCommandResult(command_id + START_RESET_SUFFIX, "deleteModel", 0),
+            ModelCommandResult("app-delete", "deleteModel", 0),
+        ],
+    )
+    ((headers, notice),) = wait_for(capture.take, 10, "command notice")
+    assert (notice["method"], notice["commandId"]) == ("deleteModel", "app-delete")
 
 
 def test_stale_define_result_does_not_activate(monitored, swapper, capture):
