@@ -31,6 +31,7 @@ import sqlalchemy as sa  # noqa: E402
 from htmengine.adapters.datasource import createDatasourceAdapter  # noqa: E402
 from htmengine.bus import MessageBus  # noqa: E402
 from htmengine.config import get_app_config  # noqa: E402
+from htmengine.engine.lifecycle import MODEL_START_KEY  # noqa: E402
 from htmengine.model_swapper.model_swapper_interface import (  # noqa: E402
     ModelCommandResult,
     ModelInferenceResult,
@@ -39,7 +40,6 @@ from htmengine.model_swapper.model_swapper_interface import (  # noqa: E402
 from htmengine.repository import MetricStatus, get_engine, migrate  # noqa: E402
 from htmengine.runtime.anomaly_likelihood_helper import AnomalyLikelihoodHelper  # noqa: E402
 from htmengine.runtime.anomaly_service import AnomalyService  # noqa: E402
-from htmengine.runtime.scalar_metric_utils import MODEL_START_KEY  # noqa: E402
 from tests.support.app import create_test_app, drop_database, start_servers  # noqa: E402
 from tests.support.engine import insert_rows, metric_row, series  # noqa: E402
 

@@ -456,8 +456,8 @@ def run_stream(args: argparse.Namespace) -> None:
 def train_seed(seed: int, history: int, extra: int) -> tuple[list, bytes, list[float]]:
     """One series of `history + extra` rows; the model after its first `history` rows (blob)
     and their raw scores. Runs in a worker process."""
+    from htmengine.engine.swarm_params import generate_swarm_params
     from htmengine.htm.model import ScalarAnomalyModel
-    from htmengine.runtime.scalar_metric_utils import generate_swarm_params
     from tests.support.engine import series
 
     rows = series(history + extra, seed=seed)
@@ -472,6 +472,7 @@ def prepare_steady(args: argparse.Namespace) -> tuple[list[str], list[str], list
 
     from htmengine.bus import MessageBus
     from htmengine.config import get_app_config
+    from htmengine.engine.swarm_params import generate_swarm_params
     from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
     from htmengine.model_swapper.model_runner import definition_from_args
     from htmengine.repository import MetricStatus, get_engine
@@ -481,7 +482,6 @@ def prepare_steady(args: argparse.Namespace) -> tuple[list[str], list[str], list
         ScoredRow,
         rescale_for_display,
     )
-    from htmengine.runtime.scalar_metric_utils import generate_swarm_params
 
     count, history, seeds = args.steady_metrics, args.history, min(args.seeds, args.steady_metrics)
     started = time.monotonic()

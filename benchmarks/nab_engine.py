@@ -6,7 +6,7 @@
 
 In-process mode runs every NAB file through exactly the code the suite runs for a metric monitored
 without min/max: the storer's scrubbing rule (a row not newer than the previous one is dropped and
-never scored), the activation's range rule and model params (``scalar_metric_utils``), the slot
+never scored), the activation's range rule and model params (``engine.swarm_params``), the slot
 runner's model (built from the stored definition as ``model_runner`` does), the anomaly service's
 likelihood helper (``AnomalyLikelihoodHelper.for_profile``, state carried between result batches
 as JSON, exactly as in ``metric.model_params``) and its display value. Result batches have the
@@ -48,6 +48,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from htmengine.engine.swarm_params import (  # noqa: E402
+    MODEL_CREATION_RECORD_THRESHOLD,
+    generate_swarm_params,
+    model_range,
+)
 from htmengine.evaluation.nab import (  # noqa: E402
     PROFILE_NAMES,
     DataFile,
@@ -68,11 +73,6 @@ from htmengine.runtime.anomaly_likelihood_helper import (  # noqa: E402
     rescale_for_display,
 )
 from htmengine.runtime.metric_streamer import scrub, to_datetime  # noqa: E402
-from htmengine.runtime.scalar_metric_utils import (  # noqa: E402
-    MODEL_CREATION_RECORD_THRESHOLD,
-    generate_swarm_params,
-    model_range,
-)
 
 # The suite's sizes (conf/application.conf): model request chunks and listener batches.
 CHUNK_SIZE = 1440

@@ -201,6 +201,13 @@ class AnomalyServiceMetrics:
             "Messages published to the results exchange",
             registry=r,
         )
+        self.repairs = Counter(
+            "htmengine_reconciler_repairs",
+            "Inconsistencies the reconciler repaired: create_pending, pending_data, "
+            "orphan_checkpoint, unscored_rows",
+            ["repair"],
+            registry=r,
+        )
         self.scoring_seconds = Histogram(
             "htmengine_anomaly_scoring_seconds",
             "Time to score and store one inference result batch",
@@ -226,7 +233,7 @@ class ListenerMetrics:
         )
         self.lines_dropped = Counter(
             "htmengine_listener_lines_dropped",
-            "Valid UDP lines dropped because the outgoing buffer was full",
+            "Valid UDP lines dropped because the outgoing buffer was full (UDP cannot be paused)",
             registry=r,
         )
         self.lines_published = Counter(
@@ -258,11 +265,25 @@ class ListenerMetrics:
             "Valid lines accepted but not yet confirmed by the broker",
             registry=r,
         )
+        self.buffered_bytes = Gauge(
+            "htmengine_listener_buffered_bytes",
+            "Bytes held by lines accepted but not yet confirmed (text and per-line overhead)",
+            registry=r,
+        )
+        self.buffer_limit_bytes = Gauge(
+            "htmengine_listener_buffer_limit_bytes",
+            "max_buffered_bytes: the outgoing buffer never holds more",
+            registry=r,
+        )
         self.reading_paused = Gauge(
             "htmengine_listener_reading_paused",
             "1 while reading is paused because the outgoing buffer is full",
             registry=r,
         )
+
+    def set_buffered(self, lines: int, size: int) -> None:
+        self.buffered_lines.set(lines)
+        self.buffered_bytes.set(size)
 
 
 class StorerMetrics:
@@ -277,7 +298,8 @@ class StorerMetrics:
         self.messages_rejected = _rejected_counter("htmengine_storer_messages_rejected", r)
         self.lines_bad = Counter(
             "htmengine_storer_lines_bad",
-            "Lines inside good messages that failed to parse (skipped)",
+            "Lines inside good messages that failed to parse or validate (skipped), by reason",
+            ["reason"],
             registry=r,
         )
         self.samples_stored = Counter(
@@ -285,7 +307,7 @@ class StorerMetrics:
         )
         self.samples_dropped = Counter(
             "htmengine_storer_samples_dropped",
-            "Samples not stored: out_of_order, duplicate, metric_error",
+            "Samples not stored: out_of_order, duplicate",
             ["reason"],
             registry=r,
         )

@@ -72,15 +72,22 @@ def _parse_row(row: list[str]) -> tuple[int, float]:
     return to_epoch_seconds(moment), value
 
 
-def format_lines(metric: str, samples: list[tuple[int, float]]) -> list[bytes]:
-    """Graphite plaintext lines, each checked by the listener's own parser before it is sent."""
-    from htmengine.runtime.plaintext_protocol import LineError, parse_line
+def format_lines(
+    metric: str, samples: list[tuple[int, float]], limit: int | None = None
+) -> list[bytes]:
+    """Graphite plaintext lines, each checked by the listener's own parser before it is sent.
 
+    `limit`: the first epoch second the listener does not accept (its future-timestamp rule,
+    `timestamp_limit`); default: the format's bound, 2100-01-01.
+    """
+    from htmengine.runtime.plaintext_protocol import MAX_TIMESTAMP, LineError, parse_line
+
+    limit = MAX_TIMESTAMP if limit is None else limit
     lines = []
     for timestamp, value in samples:
         line = f"{metric} {value!r} {timestamp}"
         try:
-            parse_line(line)
+            parse_line(line, limit=limit)
         except LineError as exc:
             raise click.ClickException(
                 f"the listener would reject {line!r}: {exc.reason}"
@@ -220,12 +227,14 @@ def send(
     Exits 1 when fewer lines than sent were accepted.
     """
     samples = read_samples(csv_file)
-    lines = format_lines(metric, samples)
     ensure_config_dir()
     from htmengine.config import get_app_config
     from htmengine.instrumentation import metrics_port
+    from htmengine.runtime.plaintext_protocol import timestamp_limit
 
     listener = get_app_config()
+    max_future = listener.getint("metric_listener", "max_future_seconds")
+    lines = format_lines(metric, samples, timestamp_limit(time.time(), max_future))
     host = host or listener.get("metric_listener", "host")
     port = port or listener.getint("metric_listener", "plaintext_port")
     listener_metrics_port = metrics_port("metric_listener")

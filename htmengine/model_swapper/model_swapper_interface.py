@@ -70,6 +70,18 @@ __all__ = [
 
 _log = logging.getLogger("htmengine.model_swapper.interface")
 
+# Publishes of a model start tried on a freshly declared input queue (see `startModel`).
+_START_ATTEMPTS = 5
+
+# commandID suffix of the deleteModel that begins a model start (see `startModel`).
+START_RESET_SUFFIX = ".reset"
+
+
+def is_start_reset(command_id: Any) -> bool:
+    """True for the commandID of the deleteModel that `ModelSwapperInterface.startModel` puts
+    before a defineModel (not an application's deleteModel)."""
+    return isinstance(command_id, str) and command_id.endswith(START_RESET_SUFFIX)
+
 
 # --------------------------------------------------------------------------------------------------
 # Consumed batches
@@ -238,6 +250,54 @@ class ModelSwapperInterface:
         """
         self.bus.declare_queue(self.model_input_queue(modelID), durable=True)
         return self.submitRequests(modelID, (ModelCommand(commandID, "defineModel", args),))
+
+    def startModel(
+        self,
+        modelID: str,
+        args: dict,
+        commandID: Any,
+        backlog: Sequence[ModelInputRow],
+        chunkSize: int,
+    ) -> None:
+        """Give the model a fresh start: ``deleteModel`` (no checkpoint a lost delete left behind
+        is reused), ``defineModel`` and the backlog in batches of at most `chunkSize` rows, all
+        enqueued in ONE broker transaction (nothing can slip between them), then ping the scheduler.
+
+        The runner deletes an input queue that is empty after a deleteModel
+        (`cleanUpAfterModelDeletion`), so the queue declared here can vanish before the publish
+        (``monitor --force`` right after an unmonitor); nothing was enqueued then, and the queue is
+        declared and the publish repeated. Raises ModelNotFound if that keeps happening.
+
+        The deleteModel's commandID is `commandID` + `START_RESET_SUFFIX` (`is_start_reset`), so
+        that its result can be told from an application's deleteModel.
+        """
+        if chunkSize < 1:
+            raise ValueError(f"chunkSize must be >= 1, got {chunkSize}")
+        bodies = [
+            encode_request_message(
+                new_batch_id(), [ModelCommand(f"{commandID}{START_RESET_SUFFIX}", "deleteModel")]
+            ),
+            encode_request_message(new_batch_id(), [ModelCommand(commandID, "defineModel", args)]),
+        ]
+        bodies.extend(
+            encode_request_message(new_batch_id(), backlog[start : start + chunkSize])
+            for start in range(0, len(backlog), chunkSize)
+        )
+        queue = self.model_input_queue(modelID)
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            self.bus.declare_queue(queue, durable=True)
+            try:
+                self.bus.publish_many(queue, bodies, persistent=True)
+                break
+            except MessageQueueNotFound as exc:
+                _log.info(
+                    "input queue %s vanished before the model start (attempt %d)", queue, attempt
+                )
+                if attempt == _START_ATTEMPTS:
+                    raise ModelNotFound(
+                        f"input queue {queue} of model {modelID} kept vanishing; start not submitted"
+                    ) from exc
+        self.notifyScheduler(modelID)
 
     def cloneModel(self, modelID: str, newModelID: str, commandID: Any) -> str:
         """Create the new model's input queue and ask the source model to copy itself there.

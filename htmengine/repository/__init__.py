@@ -24,16 +24,6 @@ class MetricStatus(enum.IntEnum):
     PENDING_DATA = 8
 
 
-# Statuses whose incoming data is stored (ERROR drops data, as in the original).
-DATA_ACCEPTING_STATUSES = frozenset(
-    {
-        MetricStatus.UNMONITORED,
-        MetricStatus.ACTIVE,
-        MetricStatus.CREATE_PENDING,
-        MetricStatus.PENDING_DATA,
-    }
-)
-
 # Seconds after which a pooled connection is replaced (MySQL closes idle ones after wait_timeout).
 POOL_RECYCLE_SEC = 3600
 

@@ -130,6 +130,17 @@ def get_metrics_by_status(
     return list(conn.execute(query))
 
 
+def get_metrics_by_uids(
+    conn: Connection, uids: Sequence[str], fields: Iterable[Field] | None = None
+) -> list[Row]:
+    """Those of the metrics `uids` that exist (a few statements for many uids)."""
+    columns = _columns(metric, fields)
+    found: list[Row] = []
+    for chunk in _chunks(uids, _ROWS_PER_STATEMENT):
+        found.extend(conn.execute(sa.select(*columns).where(metric.c.uid.in_(chunk))))
+    return found
+
+
 def get_all_models(conn: Connection, fields: Iterable[Field] | None = None) -> list[Row]:
     """Metrics that have (or are getting) a model: status != UNMONITORED."""
     query = sa.select(*_columns(metric, fields)).where(
@@ -396,6 +407,38 @@ def get_unprocessed_model_data_count(conn: Connection, uid: str | None = None) -
     if uid is not None:
         query = query.where(metric_data.c.uid == uid)
     return conn.execute(query).scalar_one()
+
+
+def get_active_metrics_with_unscored_last_row(conn: Connection) -> list[Row]:
+    """(uid, last_rowid) of ACTIVE metrics whose newest row has no raw score (primary-key lookups:
+    cheap however many rows the metrics have)."""
+    query = (
+        sa.select(metric.c.uid, metric.c.last_rowid)
+        .select_from(
+            metric.join(
+                metric_data,
+                sa.and_(
+                    metric_data.c.uid == metric.c.uid, metric_data.c.rowid == metric.c.last_rowid
+                ),
+            )
+        )
+        .where(
+            metric.c.status == int(MetricStatus.ACTIVE),
+            metric_data.c.raw_anomaly_score.is_(None),
+        )
+    )
+    return list(conn.execute(query))
+
+
+def get_last_scored_rowid(conn: Connection, uid: str) -> int:
+    """The highest rowid of a metric that has a raw score (0 if none)."""
+    query = (
+        sa.select(metric_data.c.rowid)
+        .where(metric_data.c.uid == uid, metric_data.c.raw_anomaly_score.is_not(None))
+        .order_by(metric_data.c.rowid.desc())
+        .limit(1)
+    )
+    return conn.execute(query).scalar() or 0
 
 
 def get_metric_stats(conn: Connection, uid: str) -> dict[str, float | None]:

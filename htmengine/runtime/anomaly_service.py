@@ -2,9 +2,11 @@
 
 Consumes the model swapper's results queue (``model-swapper.conf [interface_bus] results_queue``).
 
-* Command results: a successful ``defineModel`` moves a metric CREATE_PENDING -> ACTIVE; a failed
-  command moves it to ERROR with the error text in ``metric.message``. Every command result is then
-  published to the results exchange with the header ``dataType: model-cmd-result``.
+* Command results: a successful ``defineModel`` of the pending start moves a metric
+  CREATE_PENDING -> ACTIVE; a failure that proves the model unusable moves it to ERROR with the
+  error text in ``metric.message`` (the transitions and the result-code contract are
+  `htmengine.engine.lifecycle`'s). Every command result is then published to the results exchange
+  with the header ``dataType: model-cmd-result``.
 * Inference results of an ACTIVE metric are matched to metric_data rows by rowid. Rows that already
   have a raw score are skipped, so a redelivered batch never counts twice. The raw scores go
   through the likelihood helper (state in ``metric.model_params["anomalyLikelihoodParams"]``) and
@@ -12,6 +14,11 @@ Consumes the model swapper's results queue (``model-swapper.conf [interface_bus]
   multi-row statements in the same transaction as the new likelihood state. A failed row is
   reported and left unscored; only a model that is missing or unusable (a status in
   exceptions.PERMANENT_FAILURES) puts the metric into ERROR.
+* Between batches (every ``[reconciler] interval_sec``) the reconciler repairs what a crash
+  between a commit and its publish left behind (`htmengine.engine.reconciler`): this service runs
+  it because it already applies the lifecycle's model-side transitions, is one process, and holds
+  the database engine and a broker connection; a pass between batches never races its own
+  activations.
 * After the commit the scored rows are published, zlib-compressed JSON, to the durable fanout
   exchange ``application.conf [metric_streamer] results_exchange_name``; then the batch is acked.
   A batch redelivered after a crash between commit and ack publishes its rows again (at-least-once
@@ -40,6 +47,9 @@ from htmengine import exceptions
 from htmengine.boot import ServiceBoot, run_service
 from htmengine.bus import MessageBus, MessageBusError, PoisonGuard
 from htmengine.config import get_app_config
+from htmengine.engine import lifecycle
+from htmengine.engine.model_input import configured_chunk_size
+from htmengine.engine.reconciler import Reconciler
 from htmengine.htm.params import DEFAULT_VERSION
 from htmengine.instrumentation import AnomalyServiceMetrics
 from htmengine.logging_support import RateLimitedLogger, service_logger
@@ -48,6 +58,7 @@ from htmengine.model_swapper.model_swapper_interface import (
     ModelInferenceResult,
     ModelSwapperInterface,
     ResultBatch,
+    is_start_reset,
 )
 from htmengine.protocol.errors import PROCESSING_FAILED, UndecodableMessage
 from htmengine.protocol.results import (
@@ -65,8 +76,7 @@ from htmengine.runtime.anomaly_likelihood_helper import (
     ScoredRow,
     rescale_for_display,
 )
-from htmengine.runtime.model_data_feeder import configured_chunk_size, send_input_rows_to_model
-from htmengine.runtime.scalar_metric_utils import MODEL_START_KEY, read_rows
+from htmengine.runtime.likelihood_profiles import profile_from_config
 
 __all__ = ["AnomalyService", "deserialize_model_result", "main", "serialize_model_result"]
 
@@ -99,6 +109,7 @@ class AnomalyService:
         chunk_size: int,
         engine: sa.Engine | None = None,
         metrics: AnomalyServiceMetrics | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self.bus = bus
         self.swapper = swapper
@@ -107,6 +118,7 @@ class AnomalyService:
         self.chunk_size = chunk_size
         self.metrics = metrics if metrics is not None else AnomalyServiceMetrics()
         self.engine = engine if engine is not None else get_engine()
+        self.reconciler = reconciler
         self._stop = threading.Event()
         self._failures = RateLimitedLogger(LOGGER)
         self.guard = PoisonGuard(
@@ -129,6 +141,8 @@ class AnomalyService:
             for batch in consumer:
                 if batch is not None:
                     self.handle_batch(batch)
+                if self.reconciler is not None:
+                    self.reconciler.maybe_run()
                 if self._stop.is_set():
                     break
         LOGGER.info("stopped")
@@ -201,7 +215,8 @@ class AnomalyService:
         }
         if result.method == "deleteModel":
             LOGGER.info("model %s deleted (status %s)", model_id, result.status)
-            return notice
+            # A model start's own reset is no news for applications: they asked for a model.
+            return None if is_start_reset(result.commandID) else notice
         with self.engine.begin() as conn:
             try:
                 # Waits for an adapter transaction that is still writing this metric.
@@ -222,20 +237,15 @@ class AnomalyService:
                     row.name,
                     result.errorMessage,
                 )
-                if row.status != MetricStatus.ERROR:
-                    queries.set_metric_status(
-                        conn, model_id, MetricStatus.ERROR, result.errorMessage
+                if exceptions.is_permanent_failure(result.status):
+                    lifecycle.model_unusable(
+                        conn, model_id, result.errorMessage, command_id=result.commandID
                     )
                 return notice
             if result.method == "defineModel":
-                if row.status == MetricStatus.CREATE_PENDING:
-                    self._activate(conn, model_id, result.commandID)
-                else:
-                    LOGGER.warning(
-                        "defineModel result for model %s in status %s (not CREATE_PENDING)",
-                        model_id,
-                        row.status,
-                    )
+                lifecycle.confirm_model(
+                    conn, model_id, result.commandID, self.swapper, self.chunk_size
+                )
                 if not row.parameters:
                     return None
                 notice["modelInfo"] = {
@@ -244,40 +254,6 @@ class AnomalyService:
                     "modelSpec": json.loads(row.parameters),
                 }
         return notice
-
-    def _activate(self, conn: Connection, model_id: str, command_id: Any) -> None:
-        """CREATE_PENDING -> ACTIVE, under the metric row lock; first hand the model the rows that
-        were stored after its backlog (the storer does not forward while CREATE_PENDING)."""
-        row = queries.get_metric(conn, model_id, ("name", "last_rowid", "model_params"))
-        model_params = json.loads(row.model_params or "{}")
-        start = model_params.pop(MODEL_START_KEY, None)
-        if start is not None and start["commandId"] != command_id:
-            LOGGER.warning(
-                "defineModel result %s of model %s is not the pending one (%s); ignored",
-                command_id,
-                model_id,
-                start["commandId"],
-            )
-            return
-        if start is not None and (row.last_rowid or 0) > start["backlogLastRowid"]:
-            rows = read_rows(conn, model_id, start_rowid=start["backlogLastRowid"] + 1)
-            try:
-                send_input_rows_to_model(model_id, rows, self.chunk_size, self.swapper)
-            except exceptions.ModelNotFound:
-                LOGGER.warning("model %s lost its input queue while being activated", model_id)
-            LOGGER.info(
-                "model %s: forwarded %d rows stored while it was created", model_id, len(rows)
-            )
-        queries.update_metric_columns(
-            conn,
-            model_id,
-            {
-                "status": int(MetricStatus.ACTIVE),
-                "message": None,
-                "model_params": json.dumps(model_params),
-            },
-        )
-        LOGGER.info("model %s (%s) is ACTIVE", model_id, row.name)
 
     @retry_on_transient_db_errors
     def _apply_inference_results(
@@ -312,7 +288,11 @@ class AnomalyService:
                     stop_rowid=max(rowids),
                 )
             }
-            new_rows, predictions, rescored = self._match(model_id, results, stored, conn)
+            new_rows, predictions, rescored, unusable = self._match(model_id, results, stored)
+            if unusable is not None:
+                lifecycle.model_unusable(conn, model_id, unusable)
+                self.metrics.batches_rejected.labels("model_error").inc()
+                return None
             if new_rows:
                 model_params = json.loads(metric_row.model_params or "{}")
                 state = self.helper.update_scores(
@@ -381,13 +361,12 @@ class AnomalyService:
         model_id: str,
         results: Sequence[ModelInferenceResult],
         stored: dict[int, Row],
-        conn: Connection,
-    ) -> tuple[list[ScoredRow], dict[int, Any], list[Row]]:
-        """Pair results with stored rows: (rows to score, their predictions, rows already scored).
+    ) -> tuple[list[ScoredRow], dict[int, Any], list[Row], str | None]:
+        """Pair results with stored rows: (rows to score, their predictions, rows already scored,
+        None); or ([], {}, [], reason) when a result proves the model unusable.
 
         Rows already scored (a redelivery) are skipped; results without a row are dropped; failed
-        results are reported and their rows left unscored, except that a model that no longer
-        exists puts the metric into ERROR (nothing it sends can be scored).
+        results are reported and their rows left unscored.
         """
         new_rows: dict[int, ScoredRow] = {}
         predictions: dict[int, Any] = {}
@@ -415,11 +394,7 @@ class AnomalyService:
                     result.errorMessage,
                 )
                 if exceptions.is_permanent_failure(result.status):
-                    queries.set_metric_status(
-                        conn, model_id, MetricStatus.ERROR, result.errorMessage
-                    )
-                    self.metrics.batches_rejected.labels("model_error").inc()
-                    return [], {}, []
+                    return [], {}, [], result.errorMessage
                 continue
             new_rows[row.rowid] = ScoredRow(
                 rowid=row.rowid,
@@ -429,7 +404,7 @@ class AnomalyService:
             )
             predictions[row.rowid] = result.multiStepBestPredictions
         ordered = [new_rows[rowid] for rowid in sorted(new_rows)]
-        return ordered, predictions, [rescored[rowid] for rowid in sorted(rescored)]
+        return ordered, predictions, [rescored[rowid] for rowid in sorted(rescored)], None
 
 
 _DATA_FIELDS = (
@@ -484,7 +459,17 @@ def run_process(boot: ServiceBoot) -> None:
     chunk_size = configured_chunk_size(config)
     metrics = AnomalyServiceMetrics()
     with MessageBus() as bus, ModelSwapperInterface(bus=bus) as swapper:
-        service = AnomalyService(bus, swapper, exchange, helper, chunk_size, metrics=metrics)
+        reconciler = Reconciler.from_config(
+            get_engine(),
+            swapper,
+            chunk_size,
+            count=lambda repair: metrics.repairs.labels(repair).inc(),
+            range_rows=profile_from_config(config).range_rows,
+            config=config,
+        )
+        service = AnomalyService(
+            bus, swapper, exchange, helper, chunk_size, metrics=metrics, reconciler=reconciler
+        )
         boot.serve_metrics(metrics.registry)
         boot.on_stop(service.stop)
         service.run()

@@ -3,11 +3,13 @@
 It does no database work, so clients are never held up by MySQL. Structure (after carbon's
 receivers): the TCP and UDP receivers only know their framing; they hand lines to one `Ingest`
 edge that validates, counts, batches and hands full batches to one publisher thread. The hand-off
-buffer is bounded: when it is full, every TCP receiver stops reading (the kernel's window then
-pushes back on clients) and UDP datagrams are dropped and counted; reading resumes once the
-publisher has drained half of it. The publisher owns the process's only broker connection,
-publishes each batch as one persistent message ``{"protocol":"plain","data":[lines]}`` with a
-publisher confirm, and retries a batch (reconnecting with backoff) until the broker confirms it.
+buffer is bounded in bytes (``max_buffered_bytes``, counting each line's object overhead too):
+when it is full, every TCP receiver stops reading (the kernel's window then pushes back on
+clients: their sends block, nothing is dropped) and UDP datagrams, which cannot be paused, are
+dropped and counted; reading resumes once the publisher has drained half of it. The publisher
+owns the process's only broker connection, publishes each batch as one persistent message
+``{"protocol":"plain","data":[lines]}`` with a publisher confirm, and retries a batch
+(reconnecting with backoff) until the broker confirms it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +34,16 @@ from htmengine.exceptions import MessageQueueNotFound
 from htmengine.instrumentation import ListenerMetrics, serve_metrics
 from htmengine.logging_support import RateLimitedLogger
 from htmengine.protocol.data_queue import encode_data_message
-from htmengine.runtime.plaintext_protocol import LINE_TOO_LONG, LineBatcher, normalize_lines
+from htmengine.runtime.plaintext_protocol import (
+    LINE_OVERHEAD_BYTES,
+    LINE_TOO_LONG,
+    LineBatcher,
+    ParsedLines,
+    held_bytes,
+    normalize_lines,
+    split_by_bytes,
+    timestamp_limit,
+)
 
 SERVICE_NAME = "metric_listener"
 # Seconds a stopping listener waits for the broker to confirm what it already accepted.
@@ -41,6 +53,10 @@ RECONNECT_FIRST_SEC = 0.2
 RECONNECT_MAX_SEC = 5.0
 # How long one publish call retries on its own before the publisher rebuilds the connection.
 PUBLISH_RETRY_SEC = 30.0
+# asyncio's selector transports read at most this much per data_received (their max_size).
+READ_BYTES = 256 * 1024
+# The shortest valid line with its newline ("a 1 1\n"): a read holds at most READ_BYTES / 6 lines.
+MIN_LINE_BYTES = 6
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,9 @@ class ListenerSettings:
     idle_timeout_sec: float
     batch_max_lines: int
     batch_max_delay_sec: float
-    max_buffered_lines: int
+    batch_max_bytes: int
+    max_buffered_bytes: int
+    max_future_seconds: int
     metrics_port: int
 
     @classmethod
@@ -76,30 +94,73 @@ class ListenerSettings:
             idle_timeout_sec=config.getfloat(section, "idle_timeout_sec"),
             batch_max_lines=config.getint(section, "batch_max_lines"),
             batch_max_delay_sec=config.getint(section, "batch_max_delay_ms") / 1000.0,
-            max_buffered_lines=config.getint(section, "max_buffered_lines"),
+            batch_max_bytes=config.getint(section, "batch_max_bytes"),
+            max_buffered_bytes=config.getint(section, "max_buffered_bytes"),
+            max_future_seconds=config.getint(section, "max_future_seconds"),
             metrics_port=config.getint(section, "metrics_port"),
         )
-        for key in ("max_line_bytes", "max_connections", "batch_max_lines", "max_buffered_lines"):
+        for key in ("max_line_bytes", "max_connections", "batch_max_lines"):
             if getattr(settings, key) < 1:
                 raise ConfigError(f"{config.path}: [{section}] {key} must be >= 1")
+        if settings.batch_max_bytes < settings.max_line_bytes:
+            raise ConfigError(
+                f"{config.path}: [{section}] batch_max_bytes must be >= max_line_bytes"
+            )
+        if config.has_option(section, "max_buffered_lines"):
+            logging.getLogger(__name__).warning(
+                "%s: [%s] max_buffered_lines is ignored: max_buffered_bytes bounds the buffer",
+                config.path,
+                section,
+            )
+        least = 2 * read_headroom(settings.max_line_bytes)
+        if settings.max_buffered_bytes < least:
+            raise ConfigError(f"{config.path}: [{section}] max_buffered_bytes must be >= {least}")
+        if settings.max_future_seconds < 0:
+            raise ConfigError(f"{config.path}: [{section}] max_future_seconds must be >= 0")
         return settings
 
 
-class OutboundBuffer:
-    """Batches between the event loop and the publisher thread, bounded in lines.
+def read_headroom(max_line_bytes: int) -> int:
+    """The most one TCP read adds to the outgoing buffer (its lines' `held_bytes`), so pausing
+    at `max_buffered_bytes` minus this keeps the buffer within `max_buffered_bytes`.
 
-    A batch counts against the bound until the broker has confirmed it. `put` never blocks (the
-    event loop must not); it reports whether the buffer is full so the caller can stop reading.
-    When a full buffer drains to half, `on_drained` is called (from the publisher thread).
+    A read is at most READ_BYTES plus the unfinished line kept from the previous one; a line
+    normalised grows by at most a whole-seconds timestamp (10 digits) replacing its token.
+    """
+    text = READ_BYTES + max_line_bytes
+    return text + (text // MIN_LINE_BYTES + 1) * (LINE_OVERHEAD_BYTES + 10)
+
+
+class OutboundBuffer:
+    """Lines between the event loop and the broker, bounded in bytes (`held_bytes`).
+
+    Lines count from the moment the listener accepts them (`admit`; they wait in the batcher,
+    then here as batches) until the broker confirms them (`done`). `admit` never blocks (the
+    event loop must not) and never refuses (the lines were read already); it reports whether
+    the buffer is full, i.e. holds more than `max_bytes - headroom`, so the caller stops
+    reading. `headroom` is the most the caller admits between two such checks, so the buffer
+    never holds more than `max_bytes`. When a full buffer drains to half its high-water mark,
+    `on_drained` is called (from the publisher thread).
     """
 
-    def __init__(self, max_lines: int, on_drained: Callable[[], None] = lambda: None) -> None:
-        self.max_lines = max_lines
+    def __init__(
+        self, max_bytes: int, headroom: int = 0, on_drained: Callable[[], None] = lambda: None
+    ) -> None:
+        if not 0 <= headroom < max_bytes:
+            raise ValueError(f"headroom {headroom} must be in [0, max_bytes={max_bytes})")
+        self.max_bytes = max_bytes
+        self.high_water = max_bytes - headroom
         self.on_drained = on_drained
         self._batches: collections.deque[list[bytes]] = collections.deque()
+        self._bytes = 0
         self._lines = 0
         self._was_full = False
         self._cond = threading.Condition()
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held by lines accepted and not yet confirmed."""
+        return self._bytes
 
     @property
     def lines(self) -> int:
@@ -108,18 +169,23 @@ class OutboundBuffer:
 
     @property
     def full(self) -> bool:
-        return self._lines >= self.max_lines
+        return self._bytes > self.high_water
 
-    def put(self, batch: list[bytes]) -> bool:
-        """Queue a batch; True when the buffer is now full."""
+    def admit(self, lines: int, size: int) -> bool:
+        """Count accepted lines holding `size` bytes; True when the buffer is now full."""
         with self._cond:
-            self._batches.append(batch)
-            self._lines += len(batch)
-            full = self._lines >= self.max_lines
+            self._bytes += size
+            self._lines += lines
+            full = self._bytes > self.high_water
             if full:
                 self._was_full = True
-            self._cond.notify()
             return full
+
+    def put(self, batch: list[bytes]) -> None:
+        """Queue a batch of admitted lines for the publisher."""
+        with self._cond:
+            self._batches.append(batch)
+            self._cond.notify()
 
     def get(self, timeout: float) -> list[bytes] | None:
         """The oldest batch (it stays counted until `done`), or None after `timeout` seconds."""
@@ -128,11 +194,12 @@ class OutboundBuffer:
                 self._cond.wait(timeout)
             return self._batches.popleft() if self._batches else None
 
-    def done(self, batch: list[bytes]) -> None:
-        """The broker confirmed `batch`: free its room."""
+    def done(self, lines: int, size: int) -> None:
+        """The broker confirmed `lines` lines holding `size` bytes: free their room."""
         with self._cond:
-            self._lines -= len(batch)
-            drained = self._was_full and self._lines <= self.max_lines // 2
+            self._bytes -= size
+            self._lines -= lines
+            drained = self._was_full and self._bytes <= self.high_water // 2
             if drained:
                 self._was_full = False
         if drained:
@@ -149,9 +216,12 @@ class BatchPublisher(threading.Thread):
         connect: Callable[[], MessageBus],
         metrics: ListenerMetrics,
         log: logging.Logger,
+        max_body_text: int,
     ) -> None:
         super().__init__(name="publisher", daemon=True)
         self.buffer = buffer
+        # batch_max_bytes: the most line text one message carries (bounds the storer's prefetch)
+        self.max_body_text = max_body_text
         self.queue_name = queue_name
         self.connect = connect
         self.metrics = metrics
@@ -163,11 +233,25 @@ class BatchPublisher(threading.Thread):
         while not self.stopping.is_set():
             batch = self.buffer.get(timeout=0.2)
             if batch is not None:
-                self._publish_until_confirmed(batch)
+                self._publish_batch(batch)
         self._close()
 
-    def _publish_until_confirmed(self, batch: list[bytes]) -> None:
-        body = encode_data_message(batch)
+    def _publish_batch(self, batch: list[bytes]) -> None:
+        """One message per at most batch_max_bytes of the batch's text, each until confirmed."""
+        size = held_bytes(batch)
+        if size - LINE_OVERHEAD_BYTES * len(batch) <= self.max_body_text:
+            parts = [batch]
+        else:
+            parts = split_by_bytes(batch, self.max_body_text)
+        for part in parts:
+            if not self._publish_until_confirmed(encode_data_message(part), len(part)):
+                return
+        self.buffer.done(len(batch), size)
+        self.metrics.lines_published.inc(len(batch))
+        self.metrics.set_buffered(self.buffer.lines, self.buffer.bytes)
+
+    def _publish_until_confirmed(self, body: bytes, lines: int) -> bool:
+        """Publish one message, reconnecting with backoff; False if stopped meanwhile."""
         delay = RECONNECT_FIRST_SEC
         while True:
             try:
@@ -185,20 +269,20 @@ class BatchPublisher(threading.Thread):
             ) as exc:
                 self.metrics.publish_failures.inc()
                 self.log.warning(
-                    "publish of %d lines failed (%r); retrying in %.1fs (%d lines buffered)",
-                    len(batch),
+                    "publish of %d lines failed (%r); retrying in %.1fs "
+                    "(%d lines, %d bytes buffered)",
+                    lines,
                     exc,
                     delay,
                     self.buffer.lines,
+                    self.buffer.bytes,
                 )
                 self._close()
                 if self.stopping.wait(delay):
-                    return
+                    return False
                 delay = min(delay * 2, RECONNECT_MAX_SEC)
-        self.buffer.done(batch)
-        self.metrics.lines_published.inc(len(batch))
         self.metrics.batches_published.inc()
-        self.metrics.buffered_lines.set(self.buffer.lines)
+        return True
 
     def _close(self) -> None:
         bus, self._bus = self._bus, None
@@ -234,24 +318,44 @@ class Ingest:
     # --- lines ---------------------------------------------------------------------------
 
     def accept(self, lines: list[bytes]) -> None:
-        """Validate wire lines; count the bad ones; batch the good ones."""
-        parsed = normalize_lines(lines, self.settings.max_line_bytes)
-        good = parsed.good
-        bad = parsed.bad_by_reason
-        if bad:
-            for reason, count in bad.items():
-                self.metrics.lines_rejected.labels(reason).inc(count)
-            self.bad_line_log.warning(
-                "bad-line",
-                "rejected %d bad line(s); e.g. %s",
-                parsed.bad_count,
-                parsed.bad_example,
-            )
-        self.metrics.lines_received.inc(len(good) + parsed.bad_count)
+        """Validate wire lines; count the bad ones; batch the good ones.
+
+        Never raises for any content of `lines` (each bad line is rejected alone), so any
+        receiver (TCP, UDP, HTTP) can hand it whatever it framed. A receiver hands over at most
+        READ_BYTES at a time and takes no more input while `paused` is True, so the outgoing
+        buffer stays within max_buffered_bytes.
+        """
+        good = self._validate(lines)
         if good:
+            full = self.buffer.admit(len(good), held_bytes(good))
+            self.metrics.set_buffered(self.buffer.lines, self.buffer.bytes)
             for batch in self.batcher.add(good, self.loop.time()):
-                self._hand_off(batch)
+                self.buffer.put(batch)
             self._arm_timer()
+            if full and not self.paused:
+                self._pause_all()
+
+    def _validate(self, lines: list[bytes]) -> list[bytes]:
+        """The good lines, normalised; the bad ones counted by reason and logged (rate-limited)."""
+        parsed = normalize_lines(
+            lines,
+            self.settings.max_line_bytes,
+            limit=timestamp_limit(time.time(), self.settings.max_future_seconds),
+        )
+        self.metrics.lines_received.inc(len(parsed.good) + parsed.bad_count)
+        if parsed.bad_by_reason:
+            self._count_rejected(parsed)
+        return parsed.good
+
+    def _count_rejected(self, parsed: ParsedLines) -> None:
+        for reason, count in parsed.bad_by_reason.items():
+            self.metrics.lines_rejected.labels(reason).inc(count)
+        self.bad_line_log.warning(
+            "bad-line",
+            "rejected %d bad line(s); e.g. %s",
+            parsed.bad_count,
+            parsed.bad_example,
+        )
 
     def reject_overlong(self, head: bytes) -> None:
         """A line passed max_line_bytes before its newline (framing drops the rest)."""
@@ -269,17 +373,13 @@ class Ingest:
         if not self.buffer.full:
             self.accept(lines)
             return
-        parsed = normalize_lines(lines, self.settings.max_line_bytes)
-        self.metrics.lines_received.inc(len(parsed.good) + parsed.bad_count)
-        for reason, count in parsed.bad_by_reason.items():
-            self.metrics.lines_rejected.labels(reason).inc(count)
-        self.metrics.lines_dropped.inc(len(parsed.good))
+        self.metrics.lines_dropped.inc(len(self._validate(lines)))
 
     def flush(self) -> None:
         """Hand whatever is pending to the publisher (shutdown)."""
         batch = self.batcher.flush()
         if batch:
-            self._hand_off(batch)
+            self.buffer.put(batch)
 
     def _arm_timer(self) -> None:
         deadline = self.batcher.deadline
@@ -289,14 +389,8 @@ class Ingest:
     def _on_deadline(self) -> None:
         self._timer = None
         for batch in self.batcher.take_due(self.loop.time()):
-            self._hand_off(batch)
+            self.buffer.put(batch)
         self._arm_timer()
-
-    def _hand_off(self, batch: list[bytes]) -> None:
-        full = self.buffer.put(batch)
-        self.metrics.buffered_lines.set(self.buffer.lines)
-        if full and not self.paused:
-            self._pause_all()
 
     # --- backpressure and connections ----------------------------------------------------
 
@@ -304,8 +398,9 @@ class Ingest:
         self.paused = True
         self.metrics.reading_paused.set(1)
         self.log.warning(
-            "outgoing buffer full (%d lines): pausing reads on %d connection(s)",
+            "outgoing buffer full (%d lines, %d bytes): pausing reads on %d connection(s)",
             self.buffer.lines,
+            self.buffer.bytes,
             len(self.receivers),
         )
         for receiver in self.receivers:
@@ -423,10 +518,13 @@ async def serve(
     """Run the listener until SIGTERM/SIGINT, then publish what was accepted and return."""
     loop = asyncio.get_running_loop()
     metrics = ListenerMetrics()
-    buffer = OutboundBuffer(settings.max_buffered_lines)
+    buffer = OutboundBuffer(settings.max_buffered_bytes, read_headroom(settings.max_line_bytes))
+    metrics.buffer_limit_bytes.set(settings.max_buffered_bytes)
     ingest = Ingest(loop, settings, buffer, metrics, log)
     buffer.on_drained = lambda: loop.call_soon_threadsafe(ingest.resume_all)
-    publisher = BatchPublisher(buffer, settings.queue_name, connect, metrics, log)
+    publisher = BatchPublisher(
+        buffer, settings.queue_name, connect, metrics, log, settings.batch_max_bytes
+    )
     publisher.start()
     serve_metrics(metrics.registry, settings.metrics_port, settings.host)
 

@@ -61,7 +61,13 @@ from htmengine.runtime.metric_streamer import (
     stored_rows_at,
 )
 from htmengine.runtime.model_input_forwarder import ModelInputForwarder
-from htmengine.runtime.plaintext_protocol import ParsedLines, parse_samples
+from htmengine.runtime.plaintext_protocol import (
+    DEFAULT_MAX_FUTURE_SECONDS,
+    ParsedLines,
+    max_body_bytes,
+    parse_samples,
+    timestamp_limit,
+)
 
 SERVICE_NAME = "metric_storer"
 # Seconds without a new message after which the pending ones are stored.
@@ -77,9 +83,20 @@ MAX_CACHED_METRICS = 100_000
 RowsForwarder = Callable[[str, list[tuple[int, datetime.datetime, float]]], None]
 
 
-def _parse_message(body: bytes) -> ParsedLines:
-    """A data-queue message's lines, parsed (the poison guard's decoder)."""
-    return parse_samples(decode_data_message(body))
+def _parse_message(body: bytes, limit: int) -> ParsedLines:
+    """A data-queue message's lines, parsed (the poison guard's decoder; `limit`: the newest
+    timestamp accepted)."""
+    return parse_samples(decode_data_message(body), limit=limit)
+
+
+def bounded_prefetch(prefetch: int, max_prefetch_bytes: int, largest_body: int) -> int:
+    """The prefetch count that keeps what the broker has in flight to us within
+    `max_prefetch_bytes`, each message counted as the largest body the listener sends.
+
+    RabbitMQ does not implement basic.qos prefetch_size (it closes the connection with
+    NOT_IMPLEMENTED), so the byte budget becomes a message count.
+    """
+    return max(1, min(prefetch, max_prefetch_bytes // largest_body))
 
 
 def partition_by_size(
@@ -131,8 +148,14 @@ class MetricStorer:
         metrics: StorerMetrics,
         log: logging.Logger,
         on_rows_reforwarded: RowsForwarder | None = None,
+        max_future_seconds: int = DEFAULT_MAX_FUTURE_SECONDS,
+        max_prefetch_bytes: int | None = None,
     ) -> None:
         self.engine = engine
+        # A batch is stored once its bodies reach half this (None: no byte bound).
+        self.max_prefetch_bytes = max_prefetch_bytes
+        # The listener's future-timestamp rule, for messages published straight to the queue.
+        self.max_future_seconds = max_future_seconds
         self.on_rows_reforwarded = on_rows_reforwarded
         self.bus = bus
         self.queue_name = queue_name
@@ -163,7 +186,11 @@ class MetricStorer:
         self.log.info("storing from queue %s (prefetch %d)", self.queue_name, self.prefetch)
         # Half the prefetch window: the broker delivers the next batch while this one is stored.
         batch_messages = max(1, self.prefetch // 2)
+        # Messages published straight to the queue may be larger than the listener's: bound
+        # the bytes of a batch too.
+        batch_bytes = (self.max_prefetch_bytes or 0) // 2 or None
         pending: list[Message] = []
+        pending_bytes = 0
         first_arrival = 0.0
         in_flight: tuple[PreparedBatch, Future[list[StoredRows]]] | None = None
 
@@ -184,14 +211,17 @@ class MetricStorer:
                 if not pending:
                     first_arrival = time.monotonic()
                 pending.append(message)
+                pending_bytes += len(message.body)
                 if (
                     len(pending) < batch_messages
+                    and (batch_bytes is None or pending_bytes < batch_bytes)
                     and time.monotonic() - first_arrival < MAX_BATCH_AGE_SEC
                 ):
                     continue
             if pending:
                 batch = self.prepare(pending)
                 pending = []
+                pending_bytes = 0
                 settle()
                 in_flight = (batch, self._writer.submit(self._store, batch.samples_by_name))
             if self.stopping.is_set():
@@ -211,15 +241,17 @@ class MetricStorer:
         outcome = batch.outcome
         samples_by_name = batch.samples_by_name
         self.metrics.messages_received.inc(len(messages))
+        limit = timestamp_limit(time.time(), self.max_future_seconds)
         for message in messages:
-            parsed = self.guard.decode(message, _parse_message)
+            parsed = self.guard.decode(message, lambda body: _parse_message(body, limit))
             if parsed is None:  # dead-lettered and acked
                 outcome.rejected += 1
                 continue
             batch.messages.append(message)
             if parsed.bad_count:
                 outcome.bad_lines += parsed.bad_count
-                self.metrics.lines_bad.inc(parsed.bad_count)
+                for reason, count in parsed.bad_by_reason.items():
+                    self.metrics.lines_bad.labels(reason).inc(count)
                 self.warn.warning(
                     "bad-line",
                     "skipped %d bad line(s) in a message; e.g. %s",
@@ -343,20 +375,15 @@ class MetricStorer:
         self.uid_cache.update(uids)
 
     def _count(self, stored: list[StoredRows], outcome: BatchOutcome) -> None:
-        out_of_order = duplicate = metric_error = rows = 0
+        out_of_order = duplicate = rows = 0
         for result in stored:
             rows += len(result.samples)
             out_of_order += result.dropped_out_of_order
             duplicate += result.dropped_duplicate
-            metric_error += result.dropped_metric_error
         self.metrics.samples_stored.inc(rows)
         outcome.stored = rows
-        outcome.dropped = out_of_order + duplicate + metric_error
-        for reason, count in (
-            ("out_of_order", out_of_order),
-            ("duplicate", duplicate),
-            ("metric_error", metric_error),
-        ):
+        outcome.dropped = out_of_order + duplicate
+        for reason, count in (("out_of_order", out_of_order), ("duplicate", duplicate)):
             if count:
                 self.metrics.samples_dropped.labels(reason).inc(count)
                 self.warn.warning(
@@ -372,10 +399,21 @@ def build_storer(
     config = get_app_config()
     queue_name = config.get("metric_listener", "queue_name")
     prefetch = config.getint("metric_storer", "prefetch")
+    max_prefetch_bytes = config.getint("metric_storer", "max_prefetch_bytes")
     connections = config.getint("metric_storer", "connections")
-    for key, value in (("prefetch", prefetch), ("connections", connections)):
+    max_future_seconds = config.getint("metric_listener", "max_future_seconds")
+    for key, value in (
+        ("prefetch", prefetch),
+        ("connections", connections),
+        ("max_prefetch_bytes", max_prefetch_bytes),
+    ):
         if value < 1:
             raise ConfigError(f"{config.path}: [metric_storer] {key} must be >= 1")
+    largest_body = max_body_bytes(
+        config.getint("metric_listener", "batch_max_bytes"),
+        config.getint("metric_listener", "batch_max_lines"),
+    )
+    prefetch = bounded_prefetch(prefetch, max_prefetch_bytes, largest_body)
     return MetricStorer(
         get_engine(config),
         MessageBus(get_rabbitmq_config()),
@@ -386,6 +424,8 @@ def build_storer(
         StorerMetrics(),
         service_logger(SERVICE_NAME),
         on_rows_reforwarded,
+        max_future_seconds,
+        max_prefetch_bytes,
     )
 
 

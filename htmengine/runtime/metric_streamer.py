@@ -9,7 +9,8 @@ Scrubbing rule (the original's, applied under the metric row lock so that severa
 processes agree): a sample whose timestamp is older than the metric's newest stored timestamp is
 dropped as out of order; one equal to it is dropped as a duplicate; accepted samples advance the
 reference. A redelivered message therefore stores nothing twice. Timestamps are whole epoch
-seconds (rows keep whole seconds). Data for a metric in ERROR status is dropped, as in the original.
+seconds (rows keep whole seconds). A metric in ERROR still stores its data (the original dropped
+it), so ``htmengine monitor --force`` later scores everything that arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from htmengine.exceptions import MetricNotFound
 from htmengine.protocol.timestamps import to_datetime, to_epoch_seconds
-from htmengine.repository import DATA_ACCEPTING_STATUSES, MetricStatus, queries
+from htmengine.repository import MetricStatus, queries
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ class StoredRows:
     samples: list[DataPoint] = field(default_factory=list)
     dropped_out_of_order: int = 0
     dropped_duplicate: int = 0
-    dropped_metric_error: int = 0
 
     @property
     def rows(self) -> list[tuple[int, datetime.datetime, float]]:
@@ -132,9 +132,6 @@ class MetricStreamer:
             status = MetricStatus(state.status or 0)
             stored = StoredRows(uid=uid, status=status)
             results.append(stored)
-            if status not in DATA_ACCEPTING_STATUSES:
-                stored.dropped_metric_error = len(samples)
-                continue
             last_seconds = (
                 to_epoch_seconds(state.last_timestamp) if state.last_timestamp is not None else None
             )

@@ -1,53 +1,10 @@
-"""Hands metric_data rows to a model: request batches of at most `chunk_size` input rows.
-
-Used by the metric streamer (new rows of CREATE_PENDING/ACTIVE metrics) and by the datasource
-adapter (a metric's backlog once its model is defined). Each row travels as
-``ModelInputRow(rowID=<rowid>, data=[timestamp, value])``, i.e. fields c0 (datetime) and c1
-(float) of the model's input schema.
-"""
+"""The original's module name for handing rows to a model; the code is `htmengine.engine.model_input`."""
 
 from __future__ import annotations
 
-import datetime
-from collections.abc import Iterable, Sequence
+from htmengine.engine.model_input import input_rows, send_input_rows_to_model
 
-from htmengine.config import Config, ConfigError, get_app_config
-from htmengine.model_swapper.model_swapper_interface import ModelInputRow, ModelSwapperInterface
-
-
-def configured_chunk_size(config: Config | None = None) -> int:
-    """``application.conf [metric_streamer] chunk_size``: input rows per request batch (>= 1)."""
-    config = config if config is not None else get_app_config()
-    chunk_size = config.getint("metric_streamer", "chunk_size")
-    if chunk_size < 1:
-        raise ConfigError(f"{config.path}: [metric_streamer] chunk_size must be >= 1")
-    return chunk_size
-
-
-def input_rows(rows: Iterable[tuple[int, datetime.datetime, float]]) -> list[ModelInputRow]:
-    """ModelInputRows of (rowid, timestamp, value) triples."""
-    return [ModelInputRow(rowid, [timestamp, float(value)]) for rowid, timestamp, value in rows]
-
-
-def send_input_rows_to_model(
-    model_id: str,
-    rows: Sequence[ModelInputRow],
-    chunk_size: int,
-    swapper: ModelSwapperInterface,
-) -> int:
-    """Submit `rows` in order as request batches of at most `chunk_size`; returns the batch count.
-
-    Raises ModelNotFound (from the swapper) when the model's input queue is gone; batches
-    submitted before that stay submitted.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    batches = 0
-    for start in range(0, len(rows), chunk_size):
-        swapper.submitRequests(model_id, rows[start : start + chunk_size])
-        batches += 1
-    return batches
-
+__all__ = ["input_rows", "sendInputRowsToModel", "send_input_rows_to_model"]
 
 # The original's name, for apps that fed models themselves.
 sendInputRowsToModel = send_input_rows_to_model

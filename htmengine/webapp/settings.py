@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from htmengine.config import Config, ConfigError
-from htmengine.runtime.model_data_feeder import configured_chunk_size
+from htmengine.engine.model_input import configured_chunk_size
 
 SECTION = "webapp"
 

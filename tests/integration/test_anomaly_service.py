@@ -14,8 +14,10 @@ import pytest
 from htmengine.adapters.datasource import createDatasourceAdapter
 from htmengine.bus import MessageBus
 from htmengine.config import get_app_config
-from htmengine.exceptions import ERR, ERR_NO_SUCH_MODEL
+from htmengine.engine.lifecycle import MODEL_START_KEY
+from htmengine.exceptions import ERR, ERR_INVALID_ARG, ERR_NO_SUCH_MODEL
 from htmengine.model_swapper.model_swapper_interface import (
+    START_RESET_SUFFIX,
     ModelCommandResult,
     ModelInferenceResult,
     ModelSwapperInterface,
@@ -27,7 +29,6 @@ from htmengine.runtime.anomaly_likelihood_helper import (
     rescale_for_display,
 )
 from htmengine.runtime.anomaly_service import AnomalyService
-from htmengine.runtime.scalar_metric_utils import MODEL_START_KEY
 from tests.support.engine import (
     ResultsCapture,
     data_rows,
@@ -125,17 +126,59 @@ def test_define_result_activates_and_is_published(monitored, swapper, capture):
     assert notice["modelInfo"]["modelSpec"]["modelParams"] == {"min": 0, "max": 100}
 
 
-def test_failed_define_puts_the_metric_in_error(monitored, swapper, capture):
+def test_an_invalid_definition_puts_the_metric_in_error(monitored, swapper, capture):
     uid, command_id, _ = monitored
     swapper.submitResults(
-        uid, [ModelCommandResult(command_id, "defineModel", ERR, errorMessage="bad params")]
+        uid,
+        [ModelCommandResult(command_id, "defineModel", ERR_INVALID_ARG, errorMessage="bad params")],
     )
     wait_for(lambda: metric_row(uid).status == MetricStatus.ERROR, 30, "ERROR")
     assert metric_row(uid).message == "bad params"
     ((headers, notice),) = wait_for(capture.take, 10, "command notice")
-    assert notice["status"] == ERR
+    assert notice["status"] == ERR_INVALID_ARG
     assert notice["errorMessage"] == "bad params"
     assert "modelInfo" not in notice
+
+
+def test_a_transient_define_failure_leaves_the_start_pending(monitored, swapper, capture):
+    """ERR (disk full, an outage...) proves nothing about the model: no ERROR; the reconciler
+    starts the model again after its timeout."""
+    uid, command_id, _ = monitored
+    swapper.submitResults(
+        uid, [ModelCommandResult(command_id, "defineModel", ERR, errorMessage="ENOSPC")]
+    )
+    ((headers, notice),) = wait_for(capture.take, 10, "command notice")
+    assert notice["status"] == ERR
+    row = metric_row(uid)
+    assert (row.status, row.message) == (MetricStatus.CREATE_PENDING, None)
+
+
+def test_a_failure_of_an_older_start_does_not_touch_the_pending_one(monitored, swapper, capture):
+    """monitor --force: the failed defineModel of the model being replaced arrives after the new
+    start was committed."""
+    uid, command_id, _ = monitored
+    swapper.submitResults(
+        uid,
+        [ModelCommandResult("old-start", "defineModel", ERR_INVALID_ARG, errorMessage="old")],
+    )
+    wait_for(capture.take, 10, "command notice")
+    assert metric_row(uid).status == MetricStatus.CREATE_PENDING
+    activate(swapper, uid, command_id)
+
+
+def test_the_delete_that_begins_a_model_start_is_not_published(monitored, swapper, capture):
+    """Applications asked for a model; the start's own reset (deleteModel first) is no news. An
+    application's deleteModel still is."""
+    uid, command_id, _ = monitored
+    swapper.submitResults(
+        uid,
+        [
+            ModelCommandResult(command_id + START_RESET_SUFFIX, "deleteModel", 0),
+            ModelCommandResult("app-delete", "deleteModel", 0),
+        ],
+    )
+    ((headers, notice),) = wait_for(capture.take, 10, "command notice")
+    assert (notice["method"], notice["commandId"]) == ("deleteModel", "app-delete")
 
 
 def test_stale_define_result_does_not_activate(monitored, swapper, capture):

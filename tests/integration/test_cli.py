@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -103,6 +104,14 @@ def scrape(port: int) -> dict[str, float]:
     }
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 SERVICES = ["anomaly_service", "metric_listener", "metric_storer", "model_scheduler", "webapp"]
 
 
@@ -111,6 +120,8 @@ def suite(app: TestApp) -> Iterator[Supervisor]:
     """supervisord running every service, for the rest of this module once started."""
     supervisor = Supervisor(app)
     supervisor.start()
+    # RUNNING means "alive for startsecs"; under load the listener binds its port later.
+    wait_for(lambda: _accepts(app.ports["plaintext"]), what="the listener's port")
     try:
         yield supervisor
     finally:

@@ -12,6 +12,7 @@ import pytest
 from htmengine.adapters.datasource import createDatasourceAdapter
 from htmengine.adapters.datasource.custom import export_file_data
 from htmengine.bus import MessageBus
+from htmengine.engine.lifecycle import MODEL_START_KEY
 from htmengine.exceptions import (
     MessageQueueNotFound,
     MetricAlreadyExists,
@@ -24,7 +25,6 @@ from htmengine.model_swapper.model_swapper_interface import (
     ModelSwapperInterface,
 )
 from htmengine.repository import MetricStatus
-from htmengine.runtime.scalar_metric_utils import MODEL_START_KEY
 from tests.support.engine import (
     data_rows,
     drain_queue,
@@ -102,14 +102,16 @@ def test_monitor_with_min_max_defines_the_model_then_sends_the_backlog(adapter, 
     assert encoder["resolution"] == pytest.approx(100 / 130)
 
     messages = drain_queue(bus, queue)
-    assert [len(items) for _, items in messages] == [1, 1440, 60]
-    define = messages[0][1][0]
+    assert [len(items) for _, items in messages] == [1, 1, 1440, 60]
+    # a fresh start: no checkpoint a lost deleteModel left behind is reused
+    assert messages[0][1][0].method == "deleteModel"
+    define = messages[1][1][0]
     assert isinstance(define, ModelCommand)
     assert define.method == "defineModel"
     assert define.commandID == model_params[MODEL_START_KEY]["commandId"]
     assert define.args["inputRecordSchema"] == [["c0", "datetime", "T"], ["c1", "float", ""]]
     assert define.args["modelConfig"] == model_params["modelConfig"]
-    backlog = [item for _, items in messages[1:] for item in items]
+    backlog = [item for _, items in messages[2:] for item in items]
     assert all(isinstance(item, ModelInputRow) for item in backlog)
     assert [item.rowID for item in backlog] == list(range(1, 1501))
     assert [tuple(item.data) for item in backlog] == [(ts, value) for ts, value in rows]
@@ -207,7 +209,7 @@ def test_pending_data_then_activation_with_range_from_the_data(adapter, bus, inp
     ]["c1"]
     assert encoder["resolution"] == ((high + pad) - (low - pad)) / 130
     messages = drain_queue(bus, queue)
-    assert sum(len(items) for _, items in messages[1:]) == 300
+    assert sum(len(items) for _, items in messages[2:]) == 300
     assert adapter.activateModel(uid) is False  # already being created
 
 
@@ -287,7 +289,7 @@ def test_complete_model_params(adapter, bus, input_queue):
         },
     }
     adapter.monitorMetric(spec)
-    define = drain_queue(bus, queue)[0][1][0]
+    define = drain_queue(bus, queue)[1][1][0]
     assert define.args["modelConfig"] == params["modelConfig"]
 
 
@@ -359,8 +361,8 @@ def test_export_delete_import_recreates_metric_data_and_model(adapter, bus, inpu
         (ts, value) for value, ts in exported["data"]
     ]
     messages = drain_queue(bus, queue)
-    assert messages[0][1][0].method == "defineModel"
-    assert sum(len(items) for _, items in messages[1:]) == 50
+    assert [items[0].method for _, items in messages[:2]] == ["deleteModel", "defineModel"]
+    assert sum(len(items) for _, items in messages[2:]) == 50
     # importing again is a no-op: the metric is already monitored
     assert adapter.importModel(exported) == new_uid
 
@@ -373,3 +375,35 @@ def test_delete_unknown_metric_names_it(adapter):
 def test_unknown_datasource():
     with pytest.raises(ValueError, match="known: custom"):
         createDatasourceAdapter("cloudwatch")
+
+
+def test_a_model_start_survives_its_queue_vanishing_before_the_publish(
+    app, bus, input_queue, monkeypatch
+):
+    """``monitor --force``: the runner deletes the old model's empty input queue (its clean-up
+    after deleteModel) between startModel's declare and its publish. Nothing was enqueued then, so
+    the start is declared and published again instead of failing into ERROR."""
+    swapper = ModelSwapperInterface(bus=bus)
+    queue = input_queue("race")
+    publish_many = bus.publish_many
+    attempts: list[str] = []
+
+    def runner_cleans_up_first(name, bodies, **kwargs):
+        if not attempts:
+            bus.delete_queue(name, if_empty=True)
+        attempts.append(name)
+        return publish_many(name, bodies, **kwargs)
+
+    monkeypatch.setattr(bus, "publish_many", runner_cleans_up_first)
+    backlog = [ModelInputRow(rowid, [ts, value]) for rowid, (ts, value) in enumerate(series(3), 1)]
+    swapper.startModel("race", {"modelConfig": {}}, "cmd-1", backlog, 2)
+    assert attempts == [queue, queue]
+    messages = drain_queue(bus, queue)
+    assert [type(items[0]).__name__ for _, items in messages] == [
+        "ModelCommand",
+        "ModelCommand",
+        "ModelInputRow",
+        "ModelInputRow",
+    ]
+    assert [items[0].method for _, items in messages[:2]] == ["deleteModel", "defineModel"]
+    assert [item.rowID for _, items in messages[2:] for item in items] == [1, 2, 3]

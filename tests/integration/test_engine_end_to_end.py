@@ -16,14 +16,14 @@ import pytest
 from htmengine.adapters.datasource import createDatasourceAdapter
 from htmengine.bus import MessageBus
 from htmengine.config import get_app_config, get_rabbitmq_config
+from htmengine.engine.model_input import read_rows, send_input_rows_to_model
+from htmengine.engine.swarm_params import generate_swarm_params, padded_range
 from htmengine.exceptions import MessageQueueNotFound
 from htmengine.htm.model import ScalarAnomalyModel
 from htmengine.model_swapper.checkpoint_mgr import CheckpointManager
 from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
 from htmengine.repository import MetricStatus, get_engine, queries
 from htmengine.runtime.anomaly_likelihood_helper import AnomalyLikelihoodHelper, ScoredRow
-from htmengine.runtime.model_data_feeder import send_input_rows_to_model
-from htmengine.runtime.scalar_metric_utils import generate_swarm_params, padded_range, read_rows
 from tests.support.engine import (
     ResultsCapture,
     data_rows,
@@ -350,18 +350,28 @@ def test_rows_forwarded_twice_change_no_score(suite, app):
 
 
 def test_a_model_whose_checkpoint_cannot_be_loaded_puts_its_metric_in_error(suite, app):
+    """ERROR with the reason; the metric keeps storing its data, and ``monitor --force``
+    (unmonitor, then monitor) gives it a new model that scores every row."""
     uid = monitor_active("e2e.corrupt")
-    rows = series(30, seed=90)
+    rows = series(40, seed=90)
     send_lines(app.ports["plaintext"], lines_of("e2e.corrupt", rows[:20]))
     wait_for(lambda: scored_count(uid) == 20, SCORING_TIMEOUT, "20 scored rows")
     checkpoints = CheckpointManager()
     with checkpoints.model_lock(uid):  # not while a runner has the model loaded
         with open(f"{checkpoints.load(uid).store_dir}/model.bin", "wb") as fh:
             fh.write(b"a foreign blob, not a model")
-    send_lines(app.ports["plaintext"], lines_of("e2e.corrupt", rows[20:]))
+    send_lines(app.ports["plaintext"], lines_of("e2e.corrupt", rows[20:30]))
     wait_for(lambda: metric_row(uid).status == MetricStatus.ERROR, SCORING_TIMEOUT, "ERROR")
     assert "load model" in metric_row(uid).message
     assert scored_count(uid) == 20
+
+    send_lines(app.ports["plaintext"], lines_of("e2e.corrupt", rows[30:]))
+    wait_for(lambda: row_count(uid) == 40, SCORING_TIMEOUT, "rows stored while in ERROR")
+    adapter = createDatasourceAdapter("custom")
+    adapter.unmonitorMetric(uid)
+    monitor_active("e2e.corrupt")
+    wait_for(lambda: scored_count(uid) == 40, SCORING_TIMEOUT, "40 scored rows")
+    assert_scored_like_reference(uid, rows, 0, 130)
 
 
 def test_unmonitor_then_monitor_at_once_recreates_the_model(suite, app):

@@ -23,7 +23,9 @@ import sqlalchemy as sa
 from htmengine.bus import MessageBus, rejected_queue_name
 from htmengine.repository import MetricStatus, get_engine
 from htmengine.repository.schema import metric, metric_data
+from htmengine.runtime import plaintext_protocol as grammar
 from tests.support.app import REPO, Supervisor, TestApp, restart_rabbitmq
+from tests.support.tcp_proxy import TcpProxy
 
 BASE_TS = 1_370_000_000  # June 2013: historic replays are normal
 
@@ -195,7 +197,7 @@ def test_direct_messages_are_stored_and_non_json_is_dead_lettered(ingestion) -> 
         (bodies[4], "no protocol"),
     ]
     storer = read_counters(app.ports["storer_metrics"])
-    assert storer["htmengine_storer_lines_bad_total"] == 1
+    assert counter_sum(storer, "htmengine_storer_lines_bad_total") == 1
     assert counter_sum(storer, "htmengine_storer_messages_rejected_total") == 3
 
 
@@ -345,3 +347,256 @@ def test_two_storers_create_each_metric_once_and_keep_rowids_contiguous(ingestio
         assert stamps == sorted(set(stamps)), name
         assert all(value == ts - BASE_TS for _, ts, value in samples)
     assert sum(len(samples) for samples in rows.values()) > 0
+
+
+def rejected_by_reason(port: int, name: str) -> dict[str, float]:
+    """{reason label: count} of a service's counter `name` (non-zero ones)."""
+    prefix = name + '{reason="'
+    return {
+        key[len(prefix) : -2]: value
+        for key, value in read_counters(port).items()
+        if key.startswith(prefix) and value
+    }
+
+
+def test_a_line_from_the_future_is_rejected_and_later_real_samples_are_stored(ingestion) -> None:
+    """`probe 1 4000000000` (2096) used to be stored and silence the metric until 2096."""
+    app, _ = ingestion
+    now = int(time.time())
+    send_tcp(app.ports["plaintext"], b"probe 1 4000000000\n")
+    wait_until(
+        lambda: (
+            rejected_by_reason(app.ports["listener_metrics"], LISTENER_REJECTED)
+            == {grammar.FUTURE_TIMESTAMP: 1}
+        ),
+        30,
+        "the future line counted",
+    )
+    later = [f"probe {i} {now - 60 + i * 10}" for i in range(5)]
+    send_tcp(app.ports["plaintext"], ("\n".join(later) + "\n").encode())
+    wait_until(lambda: row_count() == 5, 30, "5 rows")
+    assert [(ts, value) for _, ts, value in stored_rows()["probe"]] == [
+        (now - 60 + i * 10, float(i)) for i in range(5)
+    ]
+    storer = read_counters(app.ports["storer_metrics"])
+    assert counter_sum(storer, "htmengine_storer_samples_dropped_total") == 0
+
+
+def test_a_message_from_the_future_published_straight_to_the_queue_is_rejected(ingestion) -> None:
+    app, _ = ingestion
+    now = int(time.time())
+    bodies = [
+        {"protocol": "plain", "data": ["probe 1 4000000000"]},
+        {"protocol": "plain", "data": [f"probe 2 {now}", f"probe 3 {now + 86400 + 3600}"]},
+        {"protocol": "plain", "data": [f"probe 4 {now + 60}"]},  # a minute of clock skew is fine
+    ]
+    with MessageBus() as bus:
+        for body in bodies:
+            bus.publish(app.data_queue, json.dumps(body).encode())
+    wait_until(lambda: row_count() == 2, 30, "2 rows")
+    wait_until(
+        lambda: (
+            rejected_by_reason(app.ports["storer_metrics"], "htmengine_storer_lines_bad_total")
+            == {grammar.FUTURE_TIMESTAMP: 2}
+        ),
+        30,
+        "2 future lines counted",
+    )
+    assert [(ts, value) for _, ts, value in stored_rows()["probe"]] == [
+        (now, 2.0),
+        (now + 60, 4.0),
+    ]
+
+
+LISTENER_REJECTED = "htmengine_listener_lines_rejected_total"
+
+# Lines that have broken parsers, each with the reason it must be counted under.
+ABSURD_LINES = [
+    (b"absurd.ts 1 " + b"9" * 5000, grammar.BAD_TIMESTAMP),
+    (b"absurd.neg.ts 1 -" + b"9" * 5000, grammar.BAD_TIMESTAMP),
+    (b"absurd.value " + b"9" * 5000 + b" 1370000000", grammar.BAD_VALUE),
+    (b"absurd.nan nan 1370000000", grammar.BAD_VALUE),
+    (b"absurd.inf -inf 1370000000", grammar.BAD_VALUE),
+    (b"absurd.ts.inf 1 inf", grammar.BAD_TIMESTAMP),
+    (b"absurd.utf8.\xff\xfe 1 1370000000", grammar.NAME_NOT_UTF8),
+    (b"absurd.value.utf8 \xd9\xa1 1370000000", grammar.BAD_VALUE),
+    (b"absurd\x00nul 1 1370000000", grammar.NAME_NOT_PRINTABLE),
+    (b"absurd.ctl 1\x07 1370000000", grammar.BAD_VALUE),
+    (b"absurd.future 1 4000000000", grammar.FUTURE_TIMESTAMP),
+    (b"\x00\x01\x02 \xff \x7f", grammar.NAME_NOT_PRINTABLE),
+    (b"just-garbage", grammar.WRONG_FIELD_COUNT),
+    (b"x" * 20_000 + b" 1 1370000000", grammar.LINE_TOO_LONG),
+]
+
+
+def _mixed(prefix: str, rounds: int) -> tuple[list[bytes], dict[str, list[tuple[int, float]]]]:
+    """Good lines of two metrics with every absurd line between them, `rounds` times over."""
+    lines: list[bytes] = []
+    expected: dict[str, list[tuple[int, float]]] = {f"{prefix}.a": [], f"{prefix}.b": []}
+    ts = BASE_TS
+    for _ in range(rounds):
+        for absurd, _reason in ABSURD_LINES:
+            for name in expected:
+                ts += 1
+                expected[name].append((ts, float(ts % 1000)))
+                lines.append(b"%s %d %d" % (name.encode(), ts % 1000, ts))
+            lines.append(absurd)
+    return lines, expected
+
+
+def _expected_reasons(rounds: int) -> dict[str, float]:
+    reasons: dict[str, float] = {}
+    for _, reason in ABSURD_LINES:
+        reasons[reason] = reasons.get(reason, 0) + rounds
+    return reasons
+
+
+def test_absurd_lines_are_rejected_alone_over_tcp_and_udp(ingestion) -> None:
+    """Good lines mixed with absurd ones in one TCP write and in UDP datagrams: every good
+    line is stored, every bad one counted under its reason, and the listener keeps running."""
+    app, supervisor = ingestion
+    pid = supervisor.pid("metric_listener")
+    tcp_lines, tcp_expected = _mixed("tcp", rounds=3)
+    send_tcp(app.ports["plaintext"], b"\n".join(tcp_lines) + b"\n")
+    udp_lines, udp_expected = _mixed("udp", rounds=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        # Every absurd line with its neighbours in one datagram, and the overlong one alone.
+        for start in range(0, len(udp_lines), 3):
+            sock.sendto(b"\n".join(udp_lines[start : start + 3]), ("127.0.0.1", app.ports["udp"]))
+    expected = {**tcp_expected, **udp_expected}
+    total = sum(len(samples) for samples in expected.values())
+    wait_until(lambda: row_count() == total, 60, f"{total} rows")
+    rows = stored_rows()
+    assert {name: [(ts, v) for _, ts, v in samples] for name, samples in rows.items()} == expected
+    reasons = _expected_reasons(rounds=4)
+    wait_until(
+        lambda: rejected_by_reason(app.ports["listener_metrics"], LISTENER_REJECTED) == reasons,
+        30,
+        f"rejections {reasons}",
+    )
+    assert set(reasons) <= set(grammar.REJECTION_REASONS)
+    assert supervisor.pid("metric_listener") == pid, "the listener restarted"
+
+
+BUFFER_BOUND = 8 * 1024 * 1024
+
+
+class _Sender(threading.Thread):
+    """Streams long lines over one TCP connection until told to stop; counts what it sent."""
+
+    def __init__(self, port: int, metrics: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.names = [b"backpressure.%03d." % k + b"x" * 200 for k in range(metrics)]
+        self.sent_lines = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+                sock.connect(("127.0.0.1", self.port))
+                while not self.stop.is_set():
+                    chunk = b"".join(self.line(self.sent_lines + i) for i in range(250))
+                    sock.sendall(chunk)  # blocks while the listener does not read
+                    self.sent_lines += 250
+                sock.shutdown(socket.SHUT_WR)
+                sock.recv(1)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def line(self, i: int) -> bytes:
+        return b"%s %d %d\n" % (self.names[i % len(self.names)], i, BASE_TS + i // len(self.names))
+
+
+def test_with_the_broker_away_the_listener_holds_at_most_its_bound_and_blocks_senders(
+    clean_db: TestApp,
+) -> None:
+    """The broker is taken away from the listener only (a proxy between them is stopped): the
+    listener buffers up to max_buffered_bytes, then stops reading, so the TCP sender blocks
+    (nothing is dropped) and UDP lines are dropped and counted; with the broker back,
+    everything the sender sent is stored, in order."""
+    app = clean_db
+    from htmengine.config import get_rabbitmq_config
+
+    with MessageBus() as bus:
+        for queue in (app.data_queue, rejected_queue_name(app.data_queue)):
+            bus.declare_queue(queue)
+            bus.purge_queue(queue)
+    proxy = TcpProxy(get_rabbitmq_config().getint("connection", "port"))
+    proxy.start()
+    supervisor = Supervisor(
+        app,
+        ["metric_listener", "metric_storer"],
+        environment={
+            "metric_listener": {
+                "_NTA_UTILS_CONFIG__RABBITMQ__CONNECTION__PORT": str(proxy.port),
+                "_NTA_UTILS_CONFIG__APPLICATION__METRIC_LISTENER__MAX_BUFFERED_BYTES": str(
+                    BUFFER_BOUND
+                ),
+            }
+        },
+    )
+    sender = _Sender(app.ports["plaintext"], metrics=20)
+    port = app.ports["listener_metrics"]
+    try:
+        supervisor.start()
+        wait_until(lambda: _metrics_up(app), 30, "the services' /metrics endpoints")
+        send_tcp(app.ports["plaintext"], b"through.proxy 1 1370000000\n")
+        wait_until(lambda: row_count() == 1, 30, "a row through the proxy")
+
+        proxy.stop()
+        sender.start()
+        stalled_since, last_sent, highest = time.monotonic(), -1, 0.0
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            listener = read_counters(port)
+            highest = max(highest, listener["htmengine_listener_buffered_bytes"])
+            assert highest <= BUFFER_BOUND, f"buffer at {highest} bytes"
+            if sender.sent_lines != last_sent:
+                stalled_since, last_sent = time.monotonic(), sender.sent_lines
+            elif (
+                time.monotonic() - stalled_since > 3
+                and listener["htmengine_listener_reading_paused"]
+            ):
+                break
+            assert sender.error is None and sender.is_alive()
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"the sender never blocked ({sender.sent_lines} lines sent)")
+        assert listener["htmengine_listener_buffer_limit_bytes"] == BUFFER_BOUND
+        assert highest > BUFFER_BOUND / 2, "the buffer never filled"
+        assert listener["htmengine_listener_lines_dropped_total"] == 0
+        assert counter_sum(listener, LISTENER_REJECTED) == 0
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for d in range(10):
+                lines = [b"udp.dropped %d %d" % (i, BASE_TS + d * 10 + i) for i in range(10)]
+                udp.sendto(b"\n".join(lines), ("127.0.0.1", app.ports["udp"]))
+        wait_until(
+            lambda: read_counters(port)["htmengine_listener_lines_dropped_total"] == 100,
+            30,
+            "100 UDP lines dropped and counted",
+        )
+        assert read_counters(port)["htmengine_listener_buffered_bytes"] <= BUFFER_BOUND
+
+        sender.stop.set()
+        proxy.start()
+        sender.join(timeout=120)
+        assert not sender.is_alive() and sender.error is None
+        total = sender.sent_lines
+        wait_until(lambda: row_count() == total + 1, 300, f"{total + 1} rows")
+        rows = stored_rows()
+        assert "udp.dropped" not in rows
+        metrics = len(sender.names)
+        for k, name in enumerate(sender.names):
+            expected = [BASE_TS + i // metrics for i in range(k, total, metrics)]
+            assert [ts for _, ts, _ in rows[name.decode()]] == expected
+        listener = read_counters(port)
+        assert listener["htmengine_listener_lines_published_total"] == total + 1
+        assert listener["htmengine_listener_reading_paused"] == 0
+    finally:
+        sender.stop.set()
+        supervisor.stop()
+        proxy.stop()

@@ -213,9 +213,16 @@ def drop_database(app: TestApp) -> None:
 class Supervisor:
     """supervisord running the app's conf/supervisord.conf (which includes the base file)."""
 
-    def __init__(self, app: TestApp, programs: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: TestApp,
+        programs: Iterable[str] | None = None,
+        environment: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """`environment`: extra variables by program (e.g. config overrides for one service)."""
         self.app = app
         self.programs = list(programs) if programs is not None else None
+        self.environment = environment or {}
         self.conf_path = app.conf_dir / "supervisord.conf"
         self.proc: subprocess.Popen | None = None
         supervisor = local_secrets()["supervisor"]
@@ -240,6 +247,8 @@ class Supervisor:
                 base_text[:start] + "programs=" + ",".join(self.programs) + base_text[end:]
             )
             self._drop_unlisted_programs(base)
+        if self.environment:
+            self._set_environment(self.app.conf_dir / "supervisord-base.conf")
 
     def _drop_unlisted_programs(self, base: Path) -> None:
         parser = configparser.RawConfigParser()
@@ -247,6 +256,15 @@ class Supervisor:
         for section in parser.sections():
             if section.startswith("program:") and section[8:] not in self.programs:
                 parser.remove_section(section)
+        with open(base, "w") as fh:
+            parser.write(fh)
+
+    def _set_environment(self, base: Path) -> None:
+        parser = configparser.RawConfigParser()
+        parser.read(base)
+        for program, variables in self.environment.items():
+            value = ",".join(f'{key}="{val}"' for key, val in variables.items())
+            parser.set(f"program:{program}", "environment", value)
         with open(base, "w") as fh:
             parser.write(fh)
 
@@ -266,15 +284,16 @@ class Supervisor:
         )
         self.wait_running(timeout=timeout)
         if self.programs is None or "metric_listener" in self.programs:
-            # RUNNING means up for startsecs; on a loaded machine the listener may not be bound yet.
-            self.wait_listening(self.app.ports["plaintext"], timeout)
+            self.wait_listening(self.app.ports["plaintext"], timeout=timeout)
 
     def wait_listening(self, port: int, timeout: float = 60.0) -> None:
+        """Wait until a TCP port on 127.0.0.1 accepts connections: RUNNING (2 s up) does not mean
+        a service finished importing and bound its socket, which takes longer on a loaded host."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
             except OSError:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"nothing listens on port {port} after {timeout}s") from None

@@ -121,6 +121,10 @@ def test_format_lines_are_graphite_plaintext_checked_by_the_listener_parser() ->
         format_lines("two words", [(1396310400, 1.0)])
     with pytest.raises(click.ClickException, match="would reject"):
         format_lines("cpu", [(4102444800, 1.0)])  # 2100-01-01: outside the accepted range
+    # the listener's future-timestamp rule, when the caller passes its limit
+    assert format_lines("cpu", [(1_700_000_000, 1.0)], limit=1_700_000_001)
+    with pytest.raises(click.ClickException, match="too far in the future"):
+        format_lines("cpu", [(1_700_000_001, 1.0)], limit=1_700_000_001)
 
 
 # -- output ------------------------------------------------------------------------------------

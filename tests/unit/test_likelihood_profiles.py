@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from htmengine.config import Config, ConfigError
+from htmengine.engine.swarm_params import model_range, padded_range
 from htmengine.runtime.anomaly_likelihood_helper import (
     REPEAT_PROBABILITY,
     AnomalyLikelihoodHelper,
@@ -26,7 +27,6 @@ from htmengine.runtime.likelihood_profiles import (
     RANGE_ROWS,
     profile_from_config,
 )
-from htmengine.runtime.scalar_metric_utils import model_range, padded_range
 
 T0 = datetime.datetime(2015, 6, 1)
 

@@ -53,7 +53,7 @@ def test_other_statuses_are_not_forwarded():
             stored("u", MetricStatus.UNMONITORED, 1, 5),
             stored("c", MetricStatus.CREATE_PENDING, 1, 5),
             stored("p", MetricStatus.PENDING_DATA, 1, 287),
-            StoredRows(uid="e", status=MetricStatus.ERROR, dropped_metric_error=4),
+            stored("e", MetricStatus.ERROR, 1, 4),
         ]
     )
     assert swapper.batches == []

@@ -8,7 +8,7 @@ from htmengine.adapters.datasource.model_spec import (
     validate_custom_metric_spec,
     validate_model_spec,
 )
-from htmengine.runtime.scalar_metric_utils import (
+from htmengine.engine.swarm_params import (
     generate_swarm_params,
     padded_range,
     swarm_params_from_complete_model_params,

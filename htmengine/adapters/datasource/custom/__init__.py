@@ -1,8 +1,9 @@
 """The custom datasource adapter: metrics that clients push (graphite lines), and their models.
 
 Obtain it with ``createDatasourceAdapter("custom")``. Method names are the original's, so an app
-written for htmengine keeps working. Every method runs its own transactions; the broker is only
-used after a commit, so a failed publish never undoes database work (it sets ERROR instead).
+written for htmengine keeps working. Every status change is made by `htmengine.engine.lifecycle`
+in its own transaction; the broker is only used after a commit, so a failed publish never undoes
+database work.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,28 +20,18 @@ from htmengine.adapters.datasource.model_spec import (
     validate_model_spec,
 )
 from htmengine.config import get_app_config
-from htmengine.exceptions import (
-    MetricAlreadyExists,
-    MetricAlreadyMonitored,
-    MetricNotFound,
-    MetricStatusChangedError,
-)
-from htmengine.model_swapper.model_swapper_interface import ModelSwapperInterface
-from htmengine.repository import MetricStatus, get_engine, queries
-from htmengine.repository.schema import metric, metric_data
-from htmengine.runtime.likelihood_profiles import profile_from_config
-from htmengine.runtime.model_data_feeder import configured_chunk_size
-from htmengine.runtime.scalar_metric_utils import (
+from htmengine.engine import lifecycle
+from htmengine.engine.model_input import configured_chunk_size
+from htmengine.engine.swarm_params import (
     MODEL_CREATION_RECORD_THRESHOLD,
-    MODEL_START_KEY,
     generate_swarm_params,
-    model_range,
-    padded_range,
-    publish_model_start,
-    read_rows,
-    retry_on_transient_db_errors,
     swarm_params_from_complete_model_params,
 )
+from htmengine.exceptions import MetricAlreadyExists, MetricNotFound
+from htmengine.repository import MetricStatus, get_engine, queries
+from htmengine.repository.retry import retry_on_transient_db_errors
+from htmengine.repository.schema import metric, metric_data
+from htmengine.runtime.likelihood_profiles import profile_from_config
 
 LOGGER = logging.getLogger("htmengine.custom_datasource_adapter")
 
@@ -139,7 +129,14 @@ class CustomDatasourceAdapter:
             uid = self._get_or_create(metric_spec["metric"])
 
         swarm_params = self._swarm_params(uid, spec)
-        self._start(uid, spec, swarm_params, from_statuses=(MetricStatus.UNMONITORED,))
+        lifecycle.start_model(
+            self.engine,
+            lambda conn: lifecycle.monitor(
+                conn, uid, spec, swarm_params, datasource=self.DATASOURCE
+            ),
+            None,
+            self.chunk_size,
+        )
         return uid
 
     def _swarm_params(self, uid: str, spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -150,159 +147,32 @@ class CustomDatasourceAdapter:
         if low is None:
             with self.engine.connect() as conn:
                 if queries.get_metric_data_count(conn, uid) >= MODEL_CREATION_RECORD_THRESHOLD:
-                    low, high = self._stats(conn, uid)
+                    low, high = lifecycle.range_from_data(conn, uid, self.range_rows)
         return generate_swarm_params(
             low, high, params.get("minResolution"), params.get("enableClassifier", False)
         )
 
-    def _stats(self, conn: sa.Connection, uid: str) -> tuple[float, float]:
-        """The encoder's range from the metric's data: its first `range_rows` rows, or (profile
-        htmengine) every row stored now."""
-        if self.range_rows is not None:
-            rows = queries.get_metric_data(
-                conn, uid, (metric_data.c.metric_value,), limit=self.range_rows
-            )
-            if not rows:
-                raise ValueError(f"metric {uid} has no data to derive min/max from")
-            return model_range([row.metric_value for row in rows])
-        stats = queries.get_metric_stats(conn, uid)
-        if stats["min"] is None:
-            raise ValueError(f"metric {uid} has no data to derive min/max from")
-        return padded_range(stats["min"], stats["max"])
-
     def activateModel(self, metricId: str) -> bool:
         """Create the model of a PENDING_DATA metric from its stored data's range.
 
-        Returns False if the model already exists or is being created. Used by the metric
-        storer when the 288th row arrives.
+        Returns False if the model already exists or is being created. The metric storer does
+        the same (`lifecycle.activate_from_data`) when the 288th row arrives.
         """
         with self.engine.connect() as conn:
-            row = queries.get_metric(conn, metricId, [metric.c.datasource, metric.c.parameters])
-            if row.datasource != self.DATASOURCE:
-                raise TypeError(f"metric {metricId} is not a custom metric")
-            low, high = self._stats(conn, metricId)
-        spec = json.loads(row.parameters) if row.parameters else {}
-        params = spec.get("modelParams", {})
-        swarm_params = generate_swarm_params(
-            low, high, params.get("minResolution"), params.get("enableClassifier", False)
+            row = queries.get_metric(conn, metricId, [metric.c.datasource])
+        if row.datasource != self.DATASOURCE:
+            raise TypeError(f"metric {metricId} is not a custom metric")
+        return lifecycle.activate_from_data(
+            self.engine, metricId, None, self.chunk_size, range_rows=self.range_rows
         )
-        return self._start(
-            metricId,
-            None,
-            swarm_params,
-            from_statuses=(MetricStatus.UNMONITORED, MetricStatus.PENDING_DATA),
-        )
-
-    def _start(
-        self,
-        uid: str,
-        spec: dict[str, Any] | None,
-        swarm_params: dict[str, Any] | None,
-        from_statuses: tuple[MetricStatus, ...],
-    ) -> bool:
-        """Commit the new status (and spec), then hand the model its definition and backlog.
-
-        Returns True if a model start was published.
-        """
-        command_id = uuid.uuid4().hex
-        backlog = self._commit_start(uid, spec, swarm_params, from_statuses, command_id)
-        if backlog is None:
-            return False
-        try:
-            with ModelSwapperInterface() as swapper:
-                publish_model_start(
-                    swapper, uid, swarm_params, command_id, backlog, self.chunk_size
-                )
-        except Exception as exc:
-            LOGGER.exception("could not submit the model of metric %s", uid)
-            self._set_error(uid, f"defineModel could not be submitted: {exc!r}")
-            raise
-        LOGGER.info("model of metric %s defined with %d backlog rows", uid, len(backlog))
-        return True
-
-    @retry_on_transient_db_errors
-    def _commit_start(
-        self,
-        uid: str,
-        spec: dict[str, Any] | None,
-        swarm_params: dict[str, Any] | None,
-        from_statuses: tuple[MetricStatus, ...],
-        command_id: str,
-    ) -> list | None:
-        """The transaction of a model start; returns the backlog to send, or None if no model
-        is to be started now (PENDING_DATA, or already started)."""
-        with self.engine.begin() as conn:
-            row = queries.get_metric(
-                conn,
-                uid,
-                [metric.c.datasource, metric.c.status, metric.c.last_rowid],
-                for_update=True,
-            )
-            if row.datasource != self.DATASOURCE:
-                raise TypeError(
-                    f"metric {uid} is not a custom metric (datasource {row.datasource})"
-                )
-            status = MetricStatus(row.status or 0)
-            if spec is not None:
-                # monitorMetric
-                if status != MetricStatus.UNMONITORED:
-                    raise MetricAlreadyMonitored(
-                        f"metric {uid} is already monitored (status {status.name})", uid=uid
-                    )
-                values: dict[str, Any] = {"parameters": json.dumps(spec)}
-                resource = spec["metricSpec"].get("resource")
-                if resource is not None:
-                    values["server"] = resource
-                queries.update_metric_columns(conn, uid, values)
-            elif status in (MetricStatus.CREATE_PENDING, MetricStatus.ACTIVE):
-                return None
-            if status not in from_statuses:
-                raise MetricStatusChangedError(
-                    f"metric {uid}: cannot start a model in status {status.name}"
-                )
-            if swarm_params is None:
-                queries.set_metric_status(
-                    conn, uid, MetricStatus.PENDING_DATA, expected_status=status
-                )
-                LOGGER.info("metric %s is PENDING_DATA until its range is known", uid)
-                return None
-            last_rowid = row.last_rowid or 0
-            model_params = dict(
-                swarm_params,
-                **{MODEL_START_KEY: {"commandId": command_id, "backlogLastRowid": last_rowid}},
-            )
-            queries.update_metric_columns(
-                conn,
-                uid,
-                {
-                    "status": int(MetricStatus.CREATE_PENDING),
-                    "message": None,
-                    "model_params": json.dumps(model_params),
-                },
-                expected_status=status,
-            )
-            return read_rows(conn, uid, stop_rowid=last_rowid) if last_rowid else []
-
-    @retry_on_transient_db_errors
-    def _set_error(self, uid: str, message: str) -> None:
-        with self.engine.begin() as conn:
-            queries.set_metric_status(conn, uid, MetricStatus.ERROR, message)
 
     def unmonitorMetric(self, metricId: str) -> None:
         """Forget a metric's model: UNMONITORED, scores cleared, model deleted.
 
         Raises MetricNotFound.
         """
-        self._clear_model(metricId)
-        with ModelSwapperInterface() as swapper:
-            swapper.deleteModel(metricId, uuid.uuid4().hex)
+        lifecycle.stop_model(self.engine, metricId, None)
         LOGGER.info("unmonitored metric %s", metricId)
-
-    @retry_on_transient_db_errors
-    def _clear_model(self, uid: str) -> None:
-        with self.engine.begin() as conn:
-            queries.get_metric(conn, uid, [metric.c.uid], for_update=True)
-            queries.unmonitor_metric(conn, uid)
 
     # -- export / import ---------------------------------------------------------------------------
 
