@@ -237,9 +237,11 @@ def normalize_lines(
                 seconds = int(ts_token)
             except ValueError:  # more digits than int() converts (sys.int_info): float() them
                 seconds = _parse_timestamp(ts_token)
-                if seconds is not None:
-                    ts_token = b"%d" % seconds
-            if seconds is None or seconds >= limit:
+                if seconds is None:
+                    result.reject(BAD_TIMESTAMP, line)
+                    continue
+                ts_token = b"%d" % seconds
+            if seconds >= limit:
                 result.reject(_timestamp_reason(seconds), line)
                 continue
             if len(line) == len(name) + len(value_token) + len(ts_token) + 2:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,7 +21,8 @@ from htmengine.config import Config
 from htmengine.instrumentation import ListenerMetrics
 from htmengine.logging_support import RateLimitedLogger
 from htmengine.protocol.data_queue import encode_data_message
-from htmengine.runtime.plaintext_protocol import normalize_lines
+from htmengine.runtime.metric_listener import split_by_bytes
+from htmengine.runtime.plaintext_protocol import normalize_lines, timestamp_limit
 from htmengine.webapp.auth import check_request
 from htmengine.webapp.errors import ApiError
 from htmengine.webapp.live import Hub, ResultsFollower
@@ -154,7 +156,8 @@ class WebappContext:
         """Validate posted lines as the listener does (same counters) and publish them, or
         refuse them all when any is bad."""
         lines = body.split(b"\n")
-        parsed = normalize_lines(lines, self.settings.max_line_bytes)
+        limit = timestamp_limit(time.time(), self.settings.max_future_seconds)
+        parsed = normalize_lines(lines, self.settings.max_line_bytes, limit=limit)
         counters = self.listener_metrics
         counters.lines_received.inc(len(parsed.good) + parsed.bad_count)
         for reason, count in parsed.bad_by_reason.items():
@@ -166,20 +169,29 @@ class WebappContext:
                 parsed.bad_count,
                 parsed.bad_example,
             )
-            raise ApiError(400, self._describe_bad_lines(lines, parsed.bad_count, len(lines)))
+            raise ApiError(
+                400, self._describe_bad_lines(lines, parsed.bad_count, len(lines), limit)
+            )
         if not parsed.good:
             raise ApiError(400, "no lines: send 'name value epoch-seconds' lines as the body")
+        # Messages as the listener cuts them: at most batch_max_lines and batch_max_bytes each.
         size = self.settings.batch_max_lines
-        batches = [parsed.good[i : i + size] for i in range(0, len(parsed.good), size)]
+        batches = []
+        for start in range(0, len(parsed.good), size):
+            batches.extend(
+                split_by_bytes(parsed.good[start : start + size], self.settings.batch_max_bytes)
+            )
         self.publisher.publish([encode_data_message(batch) for batch in batches])
         counters.lines_published.inc(len(parsed.good))
         counters.batches_published.inc(len(batches))
         return {"result": "success", "accepted": len(parsed.good)}
 
-    def _describe_bad_lines(self, lines: list[bytes], bad_count: int, total: int) -> str:
+    def _describe_bad_lines(
+        self, lines: list[bytes], bad_count: int, total: int, limit: int
+    ) -> str:
         shown = []
         for number, line in enumerate(lines, start=1):
-            single = normalize_lines([line], self.settings.max_line_bytes)
+            single = normalize_lines([line], self.settings.max_line_bytes, limit=limit)
             if single.bad_example is not None:
                 shown.append(f"line {number}: {single.bad_example}")
                 if len(shown) == MAX_LINE_ERRORS_SHOWN:

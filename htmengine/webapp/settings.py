@@ -39,6 +39,8 @@ class WebappSettings:
     data_queue: str
     max_line_bytes: int
     batch_max_lines: int
+    batch_max_bytes: int
+    max_future_seconds: int
     results_exchange: str
     chunk_size: int
 
@@ -55,6 +57,8 @@ class WebappSettings:
             data_queue=config.get("metric_listener", "queue_name"),
             max_line_bytes=config.getint("metric_listener", "max_line_bytes"),
             batch_max_lines=config.getint("metric_listener", "batch_max_lines"),
+            batch_max_bytes=config.getint("metric_listener", "batch_max_bytes"),
+            max_future_seconds=config.getint("metric_listener", "max_future_seconds"),
             results_exchange=config.get("metric_streamer", "results_exchange_name"),
             chunk_size=configured_chunk_size(config),
         )

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,10 +218,10 @@ def test_posted_lines_are_stored_like_the_listeners(app: TestApp, client: httpx.
     assert response.status_code == 202, response.text
     assert response.json() == {"result": "success", "accepted": 50}
 
-    def stored() -> int:
+    def stored(metric_name: str = name) -> int:
         try:
             with get_engine().connect() as conn:
-                uid = queries.get_custom_metric_by_name(conn, name, ["uid"]).uid
+                uid = queries.get_custom_metric_by_name(conn, metric_name, ["uid"]).uid
                 return queries.get_metric_data_count(conn, uid)
         except Exception:
             return 0
@@ -250,6 +251,10 @@ def test_posted_lines_are_stored_like_the_listeners(app: TestApp, client: httpx.
     rejected = client.get("/metrics").text
     assert 'htmengine_listener_lines_rejected_total{reason="expected 3 fields"}' in rejected
     assert_error(client.post("/_metrics/custom/data", content=b"\n\n"), 400, "no lines")
+    # The listener's future-timestamp rule (max_future_seconds, a day here) applies too.
+    future = int(time.time()) + 3 * 86400
+    response = client.post("/_metrics/custom/data", content=f"{name} 1 {future}\n")
+    assert_error(response, 400, "timestamp too far in the future")
     too_big = b"x" * (16 * 1024 * 1024 + 1)
     assert_error(client.post("/_metrics/custom/data", content=too_big), 413, "limit")
     # A later good line is stored and the refused ones never are.
@@ -259,6 +264,14 @@ def test_posted_lines_are_stored_like_the_listeners(app: TestApp, client: httpx.
         uid = queries.get_custom_metric_by_name(conn, name, ["uid"]).uid
         values = [row.metric_value for row in queries.get_metric_data(conn, uid)]
     assert values[-1] == 9 and 1.0 not in values[50:] and 3.0 not in values[50:]
+    # 1,000 lines of ~280 bytes are over batch_max_bytes (256 KiB here): the webapp cuts them
+    # into messages as the listener does, and every line is stored.
+    long_name = name + "." + "x" * 230
+    bulk = "".join(f"{long_name} {i} {start + 300 * i}\n" for i in range(2000))
+    assert len(bulk) / 2 > 262_144
+    response = client.post("/_metrics/custom/data", content=bulk)
+    assert response.status_code == 202 and response.json()["accepted"] == 2000
+    wait_for(lambda: stored(long_name) == 2000, 60, "the long lines to be stored")
 
 
 def _sample(text: str, name: str) -> float:
