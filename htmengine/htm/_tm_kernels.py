@@ -1,8 +1,9 @@
 """Numba kernels of the backtracking temporal memory (NuPIC's C++ ``Cells4``, core 0.4.10).
 
 Everything one ``compute`` does runs inside :func:`tm_compute`; ``backtracking_tm.py`` only owns the
-arrays, grows them between steps and converts them to and from checkpoints. The comments cite the
-steps of htm-algorithms.md §4.
+arrays, grows them between steps and converts them to and from checkpoints. The kernels take them
+as one tuple ``a`` (``backtracking_tm.TMArrays``, whose fields its ``_FIELDS`` table declares). The
+comments cite the steps of htm-algorithms.md §4.
 
 Layout
 ------
@@ -32,8 +33,6 @@ Layout
 """
 
 from __future__ import annotations
-
-from collections import namedtuple
 
 import numpy as np
 from numba import njit
@@ -122,91 +121,6 @@ _DUTY_ALPHAS = np.array(
     [0.0, 0.0032, 0.0010, 0.00032, 0.00010, 0.000032, 0.000010, 0.0000032, 0.0000010],
     dtype=np.float32,
 )
-
-TMArrays = namedtuple(
-    "TMArrays",
-    [
-        "p",
-        "pf",
-        "s",
-        "sf",
-        "rng",
-        # segments, indexed by global id
-        "seg_cell",
-        "seg_slot",
-        "seg_len",
-        "seg_nconn",
-        "seg_seq",
-        "seg_total",
-        "seg_pos",
-        "seg_last_active",
-        "seg_dc",
-        "seg_dc_it",
-        "seg_free_next",
-        "seg_is_free",
-        "seg_syn_start",
-        "seg_syn_cap",
-        # synapse pools
-        "syn_src",
-        "syn_perm",
-        # cells: slot lists (pool) and free-list heads
-        "cell_slot_start",
-        "cell_slot_len",
-        "cell_slot_cap",
-        "slot_pool",
-        "cell_free_head",
-        # forward index (pool)
-        "fwd_start",
-        "fwd_len",
-        "fwd_cap",
-        "fwd_pool",
-        # activity counts scratch
-        "seg_count",
-        "seg_stale",
-        "reach_seg",
-        "reach_count",
-        "reach_connected",
-        # cell state sets
-        "st_flag",
-        "st_list",
-        "st_count",
-        # column confidences
-        "col_conf",
-        "col_list",
-        "col_count",
-        # pattern queues
-        "inf_q",
-        "inf_q_len",
-        "lrn_q",
-        "lrn_q_len",
-        # pending segment updates
-        "upd_cell",
-        "upd_seg",
-        "upd_seq",
-        "upd_time",
-        "upd_len",
-        "upd_src",
-        # scratch
-        "active_bits",
-        "col_flag",
-        "col_best",
-        "col_best_count",
-        "scr_src",
-        "scr_perm",
-        "scr_dec",
-        "scr_inc",
-        "scr_new",
-        "scr_removed",
-        "scr_upd",
-        "scr_pos",
-        "scr_flip",
-        "scr_key",
-        "scr_delete",
-        "scr_on",
-        "scr_cand",
-    ],
-)
-
 
 # ----------------------------------------------------------------------------------------------
 # cell state sets

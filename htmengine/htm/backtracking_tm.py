@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import inspect
 import mmap
-from typing import Any
+from collections import namedtuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -51,6 +52,176 @@ def _fresh_pages(size: int, dtype: type) -> np.ndarray:
     however fragmented malloc's heap is."""
     itemsize = np.dtype(dtype).itemsize
     return np.frombuffer(mmap.mmap(-1, max(size, 1) * itemsize), dtype=dtype, count=size)
+
+
+# The TM's arrays, each listed once: this table allocates them (_allocate, _grow_segments), names
+# the fields of the tuple the kernels take, and says what a checkpoint keeps of each.
+class _Field(NamedTuple):
+    """One of the TM's arrays: how it is allocated and how a checkpoint holds it."""
+
+    name: str
+    # dimensions: numbers, or sizes _sizes() derives from the config ("cells", "2*stride", ...)
+    shape: tuple[int | str, ...]
+    # a NumPy type, or the name of a dtype _sizes() derives from the config
+    dtype: type | str
+    # None: not saved (every step overwrites it before reading, or a load rebuilds it from what
+    # is saved); "segments"/"updates": its first n_slots/n_updates entries under its own name,
+    # narrowed to the dtype its `narrow` rule names; "packed": get_state's code packs it.
+    saved: str | None
+    narrow: str = "same"
+    fill: int = 0
+    pages: bool = False  # on pages of its own (_fresh_pages): the big pools
+
+
+_FIELDS = (
+    _Field("p", (k.P_SIZE,), np.int64, None),  # parameters, from the config
+    _Field("pf", (k.PF_SIZE,), np.float32, None),
+    _Field("s", (k.S_SIZE,), np.int64, "packed"),  # scalars: _SAVED_SCALARS, the rest rebuilt
+    _Field("sf", (k.SF_SIZE,), np.float32, "packed"),
+    _Field("rng", (STATE_LENGTH,), np.uint64, "packed"),
+    # segments, indexed by global id
+    _Field("seg_cell", ("segments",), np.int32, "segments", narrow="cell"),
+    _Field("seg_slot", ("segments",), "slot", "segments"),
+    _Field("seg_len", ("segments",), "synapse_count", "segments"),
+    _Field("seg_nconn", ("segments",), "synapse_count", None),
+    _Field("seg_seq", ("segments",), np.uint8, "segments"),
+    # activation counts and iterations: 32 bits, as NuPIC's UInt
+    _Field("seg_total", ("segments",), np.uint32, "segments", narrow="max"),
+    _Field("seg_pos", ("segments",), np.uint32, "segments", narrow="max"),
+    _Field("seg_last_active", ("segments",), np.uint32, "segments", narrow="iteration"),
+    _Field("seg_dc", ("segments",), np.float32, "segments"),
+    _Field("seg_dc_it", ("segments",), np.uint32, "segments", narrow="iteration"),
+    _Field("seg_free_next", ("segments",), np.int32, "packed", fill=-1),  # free_segments
+    _Field("seg_is_free", ("segments",), np.uint8, "packed"),
+    _Field("seg_syn_start", ("segments",), np.int32, None),
+    _Field("seg_syn_cap", ("segments",), "synapse_count", None),
+    # synapse pools
+    _Field("syn_src", ("synapses",), "source", "packed", pages=True),  # syn_src, syn_perm_*
+    _Field("syn_perm", ("synapses",), np.float32, "packed", pages=True),
+    # cells: slot lists (pool) and free-list heads
+    _Field("cell_slot_start", ("cells",), np.int32, None),
+    _Field("cell_slot_len", ("cells",), "slot_count", None),
+    _Field("cell_slot_cap", ("cells",), "slot_count", None),
+    _Field("slot_pool", ("4*cells",), np.int32, None),
+    _Field("cell_free_head", ("cells",), np.int32, "packed", fill=-1),
+    # forward index (pool): fwd_counts, fwd_entries, syn_missing_forward
+    _Field("fwd_start", ("cells",), np.int32, None),
+    _Field("fwd_len", ("cells",), np.int32, "packed"),
+    _Field("fwd_cap", ("cells",), np.int32, None),
+    _Field("fwd_pool", ("8*cells",), np.int32, "packed"),
+    # activity counts scratch
+    _Field("seg_count", ("segments",), np.uint16, None),
+    _Field("seg_stale", ("segments",), np.uint8, None),
+    _Field("reach_seg", ("segments",), np.int32, None),
+    _Field("reach_count", ("segments",), np.int32, None),
+    _Field("reach_connected", ("segments",), np.int32, None),
+    # cell state sets (the t states saved as sorted members: inf_active, ...)
+    _Field("st_flag", (k.N_STATES, "cells"), np.uint8, None),
+    _Field("st_list", (k.N_STATES, "cells"), np.int32, "packed"),
+    _Field("st_count", (k.N_STATES,), np.int64, "packed"),
+    # column confidences: conf_columns, conf_values
+    _Field("col_conf", (2, "cols"), np.float32, "packed"),
+    _Field("col_list", (2, "cols"), np.int32, "packed"),
+    _Field("col_count", (2,), np.int64, "packed"),
+    # pattern queues: inf_queue(_len), lrn_queue(_len)
+    _Field("inf_q", ("inf_rows", "cols"), np.int32, "packed"),
+    _Field("inf_q_len", ("inf_rows",), np.int32, "packed"),
+    _Field("lrn_q", ("lrn_rows", "cols"), np.int32, "packed"),
+    _Field("lrn_q_len", ("lrn_rows",), np.int32, "packed"),
+    # pending segment updates
+    _Field("upd_cell", ("cols",), np.int32, "updates", narrow="cell"),
+    _Field("upd_seg", ("cols",), np.int32, "updates"),
+    _Field("upd_seq", ("cols",), np.uint8, "updates"),
+    _Field("upd_time", ("cols",), np.int64, "updates", narrow="iteration"),
+    _Field("upd_len", ("cols",), np.int32, "updates", narrow="stride"),
+    _Field("upd_src", ("cols", "stride"), "source", "packed"),
+    # scratch
+    _Field("active_bits", ("cell_words",), np.uint64, None),
+    _Field("col_flag", ("cols",), np.uint8, None),
+    _Field("col_best", ("cols",), np.int32, None, fill=-1),
+    _Field("col_best_count", ("cols",), np.int32, None),
+    _Field("scr_src", ("2*stride",), np.int32, None),
+    _Field("scr_perm", ("2*stride",), np.float32, None),
+    _Field("scr_dec", ("2*stride",), np.int32, None),
+    _Field("scr_inc", ("2*stride",), np.int32, None),
+    _Field("scr_new", ("2*stride",), np.int32, None),
+    _Field("scr_removed", ("4*stride",), np.int32, None),
+    _Field("scr_upd", ("2*stride",), np.int32, None),
+    _Field("scr_pos", ("2*stride",), np.int32, None),
+    _Field("scr_flip", ("2*stride",), np.int32, None),
+    _Field("scr_key", ("2*stride",), np.float32, None),
+    _Field("scr_delete", ("2*stride",), np.uint8, None),
+    _Field("scr_on", ("cells",), np.int32, None),
+    _Field("scr_cand", ("cells",), np.int64, None),
+)
+
+TMArrays = namedtuple("TMArrays", [field.name for field in _FIELDS])
+
+# Scalars of ``s`` a checkpoint keeps (the others are rebuilt on load or reset every step).
+_SAVED_SCALARS = (
+    ("n_iterations", k.S_N_ITERATIONS),
+    ("n_lrn_iterations", k.S_N_LRN_ITERATIONS),
+    ("pam_counter", k.S_PAM_COUNTER),
+    ("learned_seq_length", k.S_LEARNED_SEQ_LENGTH),
+)
+# Cell state sets a checkpoint keeps, as sorted members (the t-1, backup and candidate states are
+# overwritten by every step before it reads them).
+_SAVED_SETS = (
+    ("inf_active", k.INF_ACTIVE),
+    ("inf_predicted", k.INF_PRED),
+    ("lrn_active", k.LRN_ACTIVE),
+    ("lrn_predicted", k.LRN_PRED),
+)
+# Pattern queues: (prefix of their arrays and state keys, their length in ``s``).
+_QUEUES = (("inf", k.S_INF_QUEUE_LEN), ("lrn", k.S_LRN_QUEUE_LEN))
+
+
+def _sizes(
+    config: dict[str, Any], segment_capacity: int, synapse_capacity: int
+) -> tuple[dict[str, int], dict[str, np.dtype]]:
+    """The dimensions and derived dtypes _FIELDS names, for a TM of ``config``."""
+    n_cols = config["num_columns"]
+    n_cells = n_cols * config["cells_per_column"]
+    stride = config["max_synapses_per_segment"] + config["new_synapse_count"]
+    dims = {
+        "cols": n_cols,
+        "cells": n_cells,
+        "cell_words": (n_cells + 63) // 64,
+        "stride": stride,
+        # activity counts are scanned 8 bytes at a time
+        "segments": -(-segment_capacity // 8) * 8,
+        "synapses": synapse_capacity,
+        "inf_rows": config["max_inf_backtrack"] + 2,
+        "lrn_rows": config["max_lrn_backtrack"] + 2,
+    }
+    dtypes = {
+        # synapse sources are most of the TM's memory: 16 bits whenever the cell ids fit
+        "source": np.dtype(np.uint16 if n_cells <= 1 << 16 else np.int32),
+        # a cell's slot list: at most max_segments_per_cell, its room at most twice that + 4
+        "slot_count": _uint_dtype(2 * config["max_segments_per_cell"] + 4),
+        # a segment's synapse count, connected count and room never exceed the stride
+        "synapse_count": _uint_dtype(stride),
+        "slot": _uint_dtype(config["max_segments_per_cell"]),
+    }
+    return dims, dtypes
+
+
+def _shape(field: _Field, dims: dict[str, int]) -> tuple[int, ...]:
+    shape = []
+    for dim in field.shape:
+        if isinstance(dim, str):
+            factor, _, name = dim.rpartition("*")
+            dim = int(factor or 1) * dims[name]
+        shape.append(dim)
+    return tuple(shape)
+
+
+def _new_array(field: _Field, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    if field.pages:
+        return _fresh_pages(shape[0], dtype)
+    if field.fill:
+        return np.full(shape, field.fill, dtype=dtype)
+    return np.zeros(shape, dtype=dtype)
 
 
 class BacktrackingTM:
@@ -158,13 +329,14 @@ class BacktrackingTM:
     # ------------------------------------------------------------------------------------------
     # storage
 
-    def _allocate(self, segment_capacity: int, synapse_capacity: int) -> k.TMArrays:
+    def _allocate(self, segment_capacity: int, synapse_capacity: int) -> TMArrays:
         c = self._config
-        n_cols = c["num_columns"]
-        n_cells = n_cols * c["cells_per_column"]
-        stride = c["max_synapses_per_segment"] + c["new_synapse_count"]
-        p = np.zeros(k.P_SIZE, dtype=np.int64)
-        p[k.P_NCOLS] = n_cols
+        dims, dtypes = _sizes(c, segment_capacity, synapse_capacity)
+        a = TMArrays(
+            *(_new_array(f, _shape(f, dims), dtypes.get(f.dtype, f.dtype)) for f in _FIELDS)
+        )
+        p = a.p
+        p[k.P_NCOLS] = c["num_columns"]
         p[k.P_CPC] = c["cells_per_column"]
         p[k.P_ACT_THRESHOLD] = c["activation_threshold"]
         p[k.P_MIN_THRESHOLD] = c["min_threshold"]
@@ -175,95 +347,16 @@ class BacktrackingTM:
         p[k.P_MAX_INF_BACKTRACK] = c["max_inf_backtrack"]
         p[k.P_MAX_LRN_BACKTRACK] = c["max_lrn_backtrack"]
         p[k.P_MAX_SEQ_LENGTH] = c["max_seq_length"]
-        p[k.P_STRIDE] = stride
+        p[k.P_STRIDE] = dims["stride"]
         p[k.P_FREEING_034] = 1 if c["version"] == "0.3.4" else 0
         p[k.P_SYN_MOVE_SLACK] = _MOVE_SLACK
-        pf = np.zeros(k.PF_SIZE, dtype=np.float32)
+        pf = a.pf
         pf[k.PF_INITIAL] = c["initial_perm"]
         pf[k.PF_CONNECTED] = c["connected_perm"]
         pf[k.PF_INC] = c["permanence_inc"]
         pf[k.PF_DEC] = c["permanence_dec"]
         pf[k.PF_MAX] = c["permanence_max"]
-        g = -(-segment_capacity // 8) * 8  # activity counts are scanned 8 bytes at a time
-        inf_rows = c["max_inf_backtrack"] + 2
-        # synapse sources are most of the TM's memory: 16 bits whenever the cell ids fit
-        source_dtype = np.uint16 if n_cells <= 1 << 16 else np.int32
-        # a cell's slot list: at most max_segments_per_cell, its room at most twice that + 4
-        slot_count_dtype = _uint_dtype(2 * c["max_segments_per_cell"] + 4)
-        # a segment's synapse count, connected count and room never exceed the stride
-        synapse_count_dtype = _uint_dtype(stride)
-        lrn_rows = c["max_lrn_backtrack"] + 2
-        return k.TMArrays(
-            p=p,
-            pf=pf,
-            s=np.zeros(k.S_SIZE, dtype=np.int64),
-            sf=np.zeros(k.SF_SIZE, dtype=np.float32),
-            rng=np.zeros(STATE_LENGTH, dtype=np.uint64),
-            seg_cell=np.zeros(g, dtype=np.int32),
-            seg_slot=np.zeros(g, dtype=_uint_dtype(c["max_segments_per_cell"])),
-            seg_len=np.zeros(g, dtype=synapse_count_dtype),
-            seg_nconn=np.zeros(g, dtype=synapse_count_dtype),
-            seg_seq=np.zeros(g, dtype=np.uint8),
-            # activation counts and iterations: 32 bits, as NuPIC's UInt
-            seg_total=np.zeros(g, dtype=np.uint32),
-            seg_pos=np.zeros(g, dtype=np.uint32),
-            seg_last_active=np.zeros(g, dtype=np.uint32),
-            seg_dc=np.zeros(g, dtype=np.float32),
-            seg_dc_it=np.zeros(g, dtype=np.uint32),
-            seg_free_next=np.full(g, -1, dtype=np.int32),
-            seg_is_free=np.zeros(g, dtype=np.uint8),
-            seg_syn_start=np.zeros(g, dtype=np.int32),
-            seg_syn_cap=np.zeros(g, dtype=synapse_count_dtype),
-            syn_src=_fresh_pages(synapse_capacity, source_dtype),
-            syn_perm=_fresh_pages(synapse_capacity, np.float32),
-            cell_slot_start=np.zeros(n_cells, dtype=np.int32),
-            cell_slot_len=np.zeros(n_cells, dtype=slot_count_dtype),
-            cell_slot_cap=np.zeros(n_cells, dtype=slot_count_dtype),
-            slot_pool=np.zeros(4 * n_cells, dtype=np.int32),
-            cell_free_head=np.full(n_cells, -1, dtype=np.int32),
-            fwd_start=np.zeros(n_cells, dtype=np.int32),
-            fwd_len=np.zeros(n_cells, dtype=np.int32),
-            fwd_cap=np.zeros(n_cells, dtype=np.int32),
-            fwd_pool=np.zeros(8 * n_cells, dtype=np.int32),
-            seg_count=np.zeros(g, dtype=np.uint16),
-            seg_stale=np.zeros(g, dtype=np.uint8),
-            reach_seg=np.zeros(g, dtype=np.int32),
-            reach_count=np.zeros(g, dtype=np.int32),
-            reach_connected=np.zeros(g, dtype=np.int32),
-            st_flag=np.zeros((k.N_STATES, n_cells), dtype=np.uint8),
-            st_list=np.zeros((k.N_STATES, n_cells), dtype=np.int32),
-            st_count=np.zeros(k.N_STATES, dtype=np.int64),
-            col_conf=np.zeros((2, n_cols), dtype=np.float32),
-            col_list=np.zeros((2, n_cols), dtype=np.int32),
-            col_count=np.zeros(2, dtype=np.int64),
-            inf_q=np.zeros((inf_rows, n_cols), dtype=np.int32),
-            inf_q_len=np.zeros(inf_rows, dtype=np.int32),
-            lrn_q=np.zeros((lrn_rows, n_cols), dtype=np.int32),
-            lrn_q_len=np.zeros(lrn_rows, dtype=np.int32),
-            upd_cell=np.zeros(n_cols, dtype=np.int32),
-            upd_seg=np.zeros(n_cols, dtype=np.int32),
-            upd_seq=np.zeros(n_cols, dtype=np.uint8),
-            upd_time=np.zeros(n_cols, dtype=np.int64),
-            upd_len=np.zeros(n_cols, dtype=np.int32),
-            upd_src=np.zeros((n_cols, stride), dtype=source_dtype),
-            active_bits=np.zeros((n_cells + 63) // 64, dtype=np.uint64),
-            col_flag=np.zeros(n_cols, dtype=np.uint8),
-            col_best=np.full(n_cols, -1, dtype=np.int32),
-            col_best_count=np.zeros(n_cols, dtype=np.int32),
-            scr_src=np.zeros(2 * stride, dtype=np.int32),
-            scr_perm=np.zeros(2 * stride, dtype=np.float32),
-            scr_dec=np.zeros(2 * stride, dtype=np.int32),
-            scr_inc=np.zeros(2 * stride, dtype=np.int32),
-            scr_new=np.zeros(2 * stride, dtype=np.int32),
-            scr_removed=np.zeros(4 * stride, dtype=np.int32),
-            scr_upd=np.zeros(2 * stride, dtype=np.int32),
-            scr_pos=np.zeros(2 * stride, dtype=np.int32),
-            scr_flip=np.zeros(2 * stride, dtype=np.int32),
-            scr_key=np.zeros(2 * stride, dtype=np.float32),
-            scr_delete=np.zeros(2 * stride, dtype=np.uint8),
-            scr_on=np.zeros(n_cells, dtype=np.int32),
-            scr_cand=np.zeros(n_cells, dtype=np.int64),
-        )
+        return a
 
     def _reserve(self, n_active: int) -> None:
         """Grow arrays so one step whose patterns (this one and any a learning backtrack
@@ -311,17 +404,13 @@ class BacktrackingTM:
         a = self._a
         n = int(a.s[k.S_N_SLOTS])
         grown = {}
-        for name in k.TMArrays._fields:
-            if not (name.startswith(("seg_", "reach_"))):
+        for field in _FIELDS:
+            if field.shape[0] != "segments":
                 continue
-            old = getattr(a, name)
-            shape = (capacity,) + old.shape[1:]
-            if name == "seg_free_next":
-                new = np.full(shape, -1, dtype=old.dtype)
-            else:
-                new = np.zeros(shape, dtype=old.dtype)
+            old = getattr(a, field.name)
+            new = _new_array(field, (capacity,) + old.shape[1:], old.dtype)
             new[:n] = old[:n]
-            grown[name] = new
+            grown[field.name] = new
         self._a = a._replace(**grown)
 
     def _reserve_pool(self, which: str, used_key: int, margin: int) -> None:
@@ -365,63 +454,53 @@ class BacktrackingTM:
         cell_dtype = _uint_dtype(n_cells - 1)
         col_dtype = _uint_dtype(c["num_columns"] - 1)
         n = int(a.s[k.S_N_SLOTS])
-        lengths = a.seg_len[:n]
         stride = int(a.p[k.P_STRIDE])
         src, perm_values, perm_index, missing = k.pack_synapses(a)
         fwd_counts, fwd_entries = k.pack_forward_index(a)
-        iteration_dtype = _uint_dtype(int(a.s[k.S_N_LRN_ITERATIONS]))
         n_upd = int(a.s[k.S_N_UPDATES])
-        upd_lengths = a.upd_len[:n_upd]
-        upd_mask = np.arange(stride)[None, :] < upd_lengths[:, None]
-        inf_n = int(a.s[k.S_INF_QUEUE_LEN])
-        lrn_n = int(a.s[k.S_LRN_QUEUE_LEN])
+        upd_mask = np.arange(stride)[None, :] < a.upd_len[:n_upd, None]
         conf_cols = np.sort(a.col_list[k.CONF_T, : a.col_count[k.CONF_T]])
-        state: dict[str, Any] = {
-            "format": STATE_FORMAT,
-            "config": dict(c),
-            "n_iterations": int(a.s[k.S_N_ITERATIONS]),
-            "n_lrn_iterations": int(a.s[k.S_N_LRN_ITERATIONS]),
-            "pam_counter": int(a.s[k.S_PAM_COUNTER]),
-            "learned_seq_length": int(a.s[k.S_LEARNED_SEQ_LENGTH]),
-            "float_scalars": a.sf.copy(),
-            "rng": a.rng.astype(np.uint32),
-            "seg_cell": a.seg_cell[:n].astype(cell_dtype),
-            "seg_slot": a.seg_slot[:n].astype(_uint_dtype(c["max_segments_per_cell"])),
-            "seg_len": lengths.astype(_uint_dtype(stride)),
-            "seg_seq": a.seg_seq[:n].copy(),
-            "seg_total": a.seg_total[:n].astype(_uint_dtype(int(a.seg_total[:n].max(initial=0)))),
-            "seg_pos": a.seg_pos[:n].astype(_uint_dtype(int(a.seg_pos[:n].max(initial=0)))),
-            "seg_last_active": a.seg_last_active[:n].astype(iteration_dtype),
-            "seg_dc": a.seg_dc[:n].copy(),
-            "seg_dc_it": a.seg_dc_it[:n].astype(iteration_dtype),
-            "free_segments": self._free_segments_in_push_order(),
-            "syn_src": src.astype(cell_dtype),
-            "syn_perm_values": perm_values,
-            "syn_perm_index": perm_index.astype(_uint_dtype(max(perm_values.size - 1, 0))),
-            "syn_missing_forward": missing.astype(_uint_dtype(max(src.size, 1))),
-            "fwd_counts": fwd_counts.astype(_uint_dtype(int(fwd_counts.max(initial=0)))),
-            "fwd_entries": fwd_entries.astype(_uint_dtype(max(2 * n - 1, 0))),
-            "inf_active": np.sort(self._members(k.INF_ACTIVE)).astype(cell_dtype),
-            "inf_predicted": np.sort(self._members(k.INF_PRED)).astype(cell_dtype),
-            "lrn_active": np.sort(self._members(k.LRN_ACTIVE)).astype(cell_dtype),
-            "lrn_predicted": np.sort(self._members(k.LRN_PRED)).astype(cell_dtype),
-            "conf_columns": conf_cols.astype(col_dtype),
-            "conf_values": a.col_conf[k.CONF_T, conf_cols].copy(),
-            "inf_queue_len": a.inf_q_len[:inf_n].astype(col_dtype),
-            "inf_queue": np.concatenate(
-                [a.inf_q[i, : a.inf_q_len[i]] for i in range(inf_n)] or [np.zeros(0, np.int32)]
-            ).astype(col_dtype),
-            "lrn_queue_len": a.lrn_q_len[:lrn_n].astype(col_dtype),
-            "lrn_queue": np.concatenate(
-                [a.lrn_q[i, : a.lrn_q_len[i]] for i in range(lrn_n)] or [np.zeros(0, np.int32)]
-            ).astype(col_dtype),
-            "upd_cell": a.upd_cell[:n_upd].astype(cell_dtype),
-            "upd_seg": a.upd_seg[:n_upd].copy(),
-            "upd_seq": a.upd_seq[:n_upd].copy(),
-            "upd_time": a.upd_time[:n_upd].astype(iteration_dtype),
-            "upd_len": upd_lengths.astype(_uint_dtype(stride)),
-            "upd_src": a.upd_src[:n_upd][upd_mask].astype(cell_dtype),
+        narrowed = {
+            "cell": lambda _: cell_dtype,
+            "iteration": lambda _: _uint_dtype(int(a.s[k.S_N_LRN_ITERATIONS])),
+            "max": lambda values: _uint_dtype(int(values.max(initial=0))),
+            "stride": lambda _: _uint_dtype(stride),
+            "same": lambda values: values.dtype,
         }
+
+        def rows(saved: str, count: int) -> dict[str, np.ndarray]:
+            out = {}
+            for field in _FIELDS:
+                if field.saved == saved:
+                    values = getattr(a, field.name)[:count]
+                    out[field.name] = values.astype(narrowed[field.narrow](values))
+            return out
+
+        state: dict[str, Any] = {"format": STATE_FORMAT, "config": dict(c)}
+        state.update({key: int(a.s[i]) for key, i in _SAVED_SCALARS})
+        state["float_scalars"] = a.sf.copy()
+        state["rng"] = a.rng.astype(np.uint32)
+        state.update(rows("segments", n))
+        state["free_segments"] = self._free_segments_in_push_order()
+        state["syn_src"] = src.astype(cell_dtype)
+        state["syn_perm_values"] = perm_values
+        state["syn_perm_index"] = perm_index.astype(_uint_dtype(max(perm_values.size - 1, 0)))
+        state["syn_missing_forward"] = missing.astype(_uint_dtype(max(src.size, 1)))
+        state["fwd_counts"] = fwd_counts.astype(_uint_dtype(int(fwd_counts.max(initial=0))))
+        state["fwd_entries"] = fwd_entries.astype(_uint_dtype(max(2 * n - 1, 0)))
+        for key, set_id in _SAVED_SETS:
+            state[key] = np.sort(self._members(set_id)).astype(cell_dtype)
+        state["conf_columns"] = conf_cols.astype(col_dtype)
+        state["conf_values"] = a.col_conf[k.CONF_T, conf_cols].copy()
+        for prefix, len_key in _QUEUES:
+            queue, lengths = getattr(a, f"{prefix}_q"), getattr(a, f"{prefix}_q_len")
+            rows_used = int(a.s[len_key])
+            state[f"{prefix}_queue_len"] = lengths[:rows_used].astype(col_dtype)
+            state[f"{prefix}_queue"] = np.concatenate(
+                [queue[i, : lengths[i]] for i in range(rows_used)] or [np.zeros(0, np.int32)]
+            ).astype(col_dtype)
+        state.update(rows("updates", n_upd))
+        state["upd_src"] = a.upd_src[:n_upd][upd_mask].astype(cell_dtype)
         return state
 
     @classmethod
@@ -433,27 +512,22 @@ class BacktrackingTM:
         tm._config = cls._checked_config(dict(state["config"]))
         seg_len = np.asarray(state["seg_len"], dtype=np.int32)
         n = seg_len.size
+        n_upd = len(state["upd_len"])
         # small headroom: _reserve grows the arrays by half once a step could outrun it
         tm._a = tm._allocate(segment_capacity=n + 1024, synapse_capacity=0)
         a = tm._a
-        a.s[k.S_N_ITERATIONS] = state["n_iterations"]
-        a.s[k.S_N_LRN_ITERATIONS] = state["n_lrn_iterations"]
-        a.s[k.S_PAM_COUNTER] = state["pam_counter"]
-        a.s[k.S_LEARNED_SEQ_LENGTH] = state["learned_seq_length"]
+        for key, i in _SAVED_SCALARS:
+            a.s[i] = state[key]
         a.sf[:] = np.asarray(state["float_scalars"], dtype=np.float32)
         rng = np.asarray(state["rng"])
         if rng.shape != (STATE_LENGTH,):
             raise ValueError(f"TM RNG state must have {STATE_LENGTH} words, got {rng.shape}")
         a.rng[:] = rng.astype(np.uint64)
+        for field in _FIELDS:
+            count = {"segments": n, "updates": n_upd}.get(field.saved)
+            if count is not None:
+                getattr(a, field.name)[:count] = state[field.name]
 
-        a.seg_cell[:n] = state["seg_cell"]
-        a.seg_slot[:n] = state["seg_slot"]
-        a.seg_seq[:n] = state["seg_seq"]
-        a.seg_total[:n] = state["seg_total"]
-        a.seg_pos[:n] = state["seg_pos"]
-        a.seg_last_active[:n] = state["seg_last_active"]
-        a.seg_dc[:n] = state["seg_dc"]
-        a.seg_dc_it[:n] = state["seg_dc_it"]
         stride = int(a.p[k.P_STRIDE])
         if n and int(seg_len.max()) > stride:
             raise ValueError("a segment in the state is longer than this TM's synapse stride")
@@ -496,36 +570,22 @@ class BacktrackingTM:
             a.cell_free_head[cell] = g
             a.seg_is_free[g] = 1
 
-        for key, set_id in (
-            ("inf_active", k.INF_ACTIVE),
-            ("inf_predicted", k.INF_PRED),
-            ("lrn_active", k.LRN_ACTIVE),
-            ("lrn_predicted", k.LRN_PRED),
-        ):
+        for key, set_id in _SAVED_SETS:
             tm._set_members(set_id, np.asarray(state[key], dtype=np.int32))
         conf_cols = np.asarray(state["conf_columns"], dtype=np.int32)
         a.col_list[k.CONF_T, : conf_cols.size] = conf_cols
         a.col_count[k.CONF_T] = conf_cols.size
         a.col_conf[k.CONF_T, conf_cols] = np.asarray(state["conf_values"], dtype=np.float32)
-        for prefix, queue, lengths_arr, len_key in (
-            ("inf", a.inf_q, a.inf_q_len, k.S_INF_QUEUE_LEN),
-            ("lrn", a.lrn_q, a.lrn_q_len, k.S_LRN_QUEUE_LEN),
-        ):
+        for prefix, len_key in _QUEUES:
+            queue, queue_lengths = getattr(a, f"{prefix}_q"), getattr(a, f"{prefix}_q_len")
             lengths = np.asarray(state[f"{prefix}_queue_len"], dtype=np.int64)
             flat = np.asarray(state[f"{prefix}_queue"], dtype=np.int32)
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             for i, m in enumerate(lengths):
                 queue[i, :m] = flat[offsets[i] : offsets[i + 1]]
-                lengths_arr[i] = m
+                queue_lengths[i] = m
             a.s[len_key] = lengths.size
-        n_upd = len(state["upd_len"])
-        upd_len = np.asarray(state["upd_len"], dtype=np.int32)
-        a.upd_cell[:n_upd] = state["upd_cell"]
-        a.upd_seg[:n_upd] = state["upd_seg"]
-        a.upd_seq[:n_upd] = state["upd_seq"]
-        a.upd_time[:n_upd] = state["upd_time"]
-        a.upd_len[:n_upd] = upd_len
-        upd_mask = np.arange(stride)[None, :] < upd_len[:, None]
+        upd_mask = np.arange(stride)[None, :] < a.upd_len[:n_upd, None]
         a.upd_src[:n_upd][upd_mask] = state["upd_src"]
         a.s[k.S_N_UPDATES] = n_upd
         return tm
