@@ -259,9 +259,11 @@ def rescale_for_display(anomaly_score: float) -> int:
 
 # --- profile "numenta": NAB's numenta detector, live -----------------------------------------------
 
-# The likelihood of NAB's numenta detector (NuPIC's AnomalyLikelihood class), with its default
-# windows instead of NAB's per-file ones (those come from the file's length: look-ahead).
-NUMENTA_LEARNING_PERIOD = 288
+# The likelihood of NAB's numenta detector (NuPIC's AnomalyLikelihood class), with fixed windows
+# instead of NAB's per-file ones (those come from the file's length: look-ahead). The learning
+# period is half a day of 5-minute rows, chosen among 72, 144 and NuPIC's default 288 on held-out
+# halves of NAB (benchmarks/nab_engine.py; 144 won on 18 of 20 halves).
+NUMENTA_LEARNING_PERIOD = 144
 NUMENTA_ESTIMATION_SAMPLES = 100
 NUMENTA_REESTIMATION_PERIOD = 100
 NUMENTA_HISTORIC_WINDOW = 8640
@@ -282,10 +284,10 @@ class NumentaLikelihoodHelper:
 
     Per row, in rowid order, with `k` the number of rows scored before it:
 
-    * ``k < 388`` (learning 288 + estimation 100): anomaly_score 0.
+    * ``k < 244`` (learning 144 + estimation 100): anomaly_score 0 (but see the spatial rule).
     * Otherwise the anomaly probability of NuPIC's ``AnomalyLikelihood``: re-fit on the newest
       8640 scored rows before this one when there is no fit yet or ``k`` is a multiple of 100
-      (the first 288 rows of the metric skipped while they are in the window), then one update.
+      (the first 144 rows of the metric skipped while they are in the window), then one update.
     * NAB's spatial rule (a value more than 5 % of the range beyond the min/max of the rows
       before it) scores 1.0 from ``k = 100`` on, while the likelihood still learns (NAB applies
       it from the start; the first 100 rows score 0 as in profile htmengine).

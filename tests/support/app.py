@@ -179,6 +179,9 @@ def create_test_app(root: Path) -> TestApp:
             "metric_storer": {"metrics_port": app.ports["storer_metrics"]},
             "anomaly_service": {"metrics_port": app.ports["anomaly_metrics"]},
             "webapp": {"port": app.ports["webapp"], "api_key": app.api_key},
+            # Tests written for the original's scoring and range rule pin its profile (conf/
+            # selects another); test_nab_engine.py runs the suite in every profile.
+            "anomaly_likelihood": {"profile": "htmengine"},
         },
     )
     _write_overrides(
